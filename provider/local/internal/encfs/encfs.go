@@ -244,7 +244,7 @@ func (v *Volume) Close(ctx context.Context) error {
 		busy, err := removeKey(root, v.keyID)
 		if err == nil && busy {
 			// Dirty pages of files written just now can hold inodes; flush
-			// and ask again before reporting files still open.
+			// and ask again before reporting files still in use.
 			unix.Syncfs(int(root.Fd()))
 			busy, err = removeKey(root, v.keyID)
 		}
@@ -252,7 +252,13 @@ func (v *Volume) Close(ctx context.Context) error {
 		if err != nil {
 			return err
 		}
-		_ = busy // unmounting below releases the rest, or fails with EBUSY
+		if busy {
+			// Unmounting now could succeed while an overlay keeps the
+			// filesystem (and the key) alive out of sight. Stay mounted so
+			// a retry can finish the removal here.
+			return fmt.Errorf("encfs: %s: key incompletely removed, files still in use (unmount overlays on %s first): %w",
+				v.image, v.DataDir(), compute.ErrConflict)
+		}
 	}
 	return unmountAndDetach(ctx, v.loop, v.image, v.mountPoint)
 }
@@ -280,8 +286,13 @@ func Destroy(ctx context.Context, image, mountPoint string) error {
 		if b != image {
 			return fmt.Errorf("encfs: %s is mounted from %s, not from %s: %w", mountPoint, src, image, compute.ErrConflict)
 		}
-		if err := removeKeyFromPolicy(mountPoint); err != nil {
+		busy, err := removeKeyFromPolicy(mountPoint)
+		if err != nil {
 			return err
+		}
+		if busy {
+			return fmt.Errorf("encfs: destroy %s: key incompletely removed, files still in use (unmount overlays on %s first): %w",
+				image, filepath.Join(mountPoint, dataDirName), compute.ErrConflict)
 		}
 		if err := unmountAndDetach(ctx, src, image, mountPoint); err != nil {
 			return err
@@ -309,30 +320,41 @@ func Destroy(ctx context.Context, image, mountPoint string) error {
 }
 
 // removeKeyFromPolicy removes the key named by the data directory's policy,
-// which Destroy can find without knowing the key.
-func removeKeyFromPolicy(mountPoint string) error {
+// which Destroy can find without knowing the key. busy is as for removeKey.
+func removeKeyFromPolicy(mountPoint string) (busy bool, err error) {
 	data, err := os.Open(filepath.Join(mountPoint, dataDirName))
 	if errors.Is(err, os.ErrNotExist) {
-		return nil // never got as far as a policy
+		return false, nil // never got as far as a policy
 	}
 	if err != nil {
-		return fmt.Errorf("encfs: %w", err)
+		return false, fmt.Errorf("encfs: %w", err)
 	}
-	defer data.Close()
 	pol, err := getPolicy(data)
+	// The data directory is itself an encrypted inode: holding it open
+	// would make the key look busy. Remove through the plaintext root.
+	data.Close()
 	if errors.Is(err, unix.ENODATA) {
-		return nil
+		return false, nil
 	}
 	if err != nil {
-		return err
+		return false, err
 	}
-	_, err = removeKey(data, pol.Master_key_identifier)
-	return err
+	root, err := os.Open(mountPoint)
+	if err != nil {
+		return false, fmt.Errorf("encfs: %w", err)
+	}
+	defer root.Close()
+	busy, err = removeKey(root, pol.Master_key_identifier)
+	if err == nil && busy {
+		unix.Syncfs(int(root.Fd()))
+		busy, err = removeKey(root, pol.Master_key_identifier)
+	}
+	return busy, err
 }
 
 // Mounted reports whether a filesystem is mounted exactly at mountPoint.
 func Mounted(mountPoint string) (bool, error) {
-	mountPoint, err := filepath.Abs(mountPoint)
+	mountPoint, err := realPath(mountPoint)
 	if err != nil {
 		return false, err
 	}
@@ -347,15 +369,32 @@ func absPaths(image, mountPoint string) (string, string, error) {
 	if mountPoint == "" {
 		return "", "", compute.InvalidField("mountPoint", mountPoint, "empty path")
 	}
-	i, err := filepath.Abs(image)
+	i, err := realPath(image)
 	if err != nil {
 		return "", "", err
 	}
-	m, err := filepath.Abs(mountPoint)
+	m, err := realPath(mountPoint)
 	if err != nil {
 		return "", "", err
 	}
 	return i, m, nil
+}
+
+// realPath makes p absolute and resolves symlinks in its parent, the way
+// the kernel reports paths in mountinfo and in a loop device's backing_file,
+// so comparisons with those hold when the state root is a symlink.
+func realPath(p string) (string, error) {
+	p, err := filepath.Abs(p)
+	if err != nil {
+		return "", err
+	}
+	if r, err := filepath.EvalSymlinks(p); err == nil {
+		return r, nil
+	}
+	if d, err := filepath.EvalSymlinks(filepath.Dir(p)); err == nil {
+		p = filepath.Join(d, filepath.Base(p))
+	}
+	return p, nil
 }
 
 // mkfs formats image as ext4. The block size is pinned to 4096 because
@@ -403,7 +442,11 @@ func attachAndMount(image, mountPoint string) (string, error) {
 		return "", err
 	}
 	defer f.Close()
-	if err := unix.Mount(loop, mountPoint, "ext4", unix.MS_NOATIME, ""); err != nil {
+	// nosuid and nodev on the host-side mount only: an overlay on top
+	// checks its own mount's flags, so setuid binaries copied up into an
+	// instance's upper dir still work inside the instance (verified), but
+	// not through this path on the host.
+	if err := unix.Mount(loop, mountPoint, "ext4", unix.MS_NOSUID|unix.MS_NODEV|unix.MS_NOATIME, ""); err != nil {
 		return "", fmt.Errorf("encfs: mount %s (%s) on %s: %w", loop, image, mountPoint, err)
 	}
 	return loop, nil

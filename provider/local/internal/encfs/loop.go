@@ -25,7 +25,7 @@ func attachLoop(image string) (string, *os.File, error) {
 		return "", nil, fmt.Errorf("encfs: loop: %w", err)
 	}
 	defer backing.Close() // the loop device holds its own reference
-	abs, err := filepath.Abs(image)
+	abs, err := realPath(image)
 	if err != nil {
 		return "", nil, err
 	}
@@ -138,7 +138,7 @@ func loopBacking(name string) (string, error) {
 // under dir (or is dir itself), from /sys/block/loop*/loop/backing_file.
 // Garbage collection and leak checks use it.
 func LoopsFor(dir string) ([]string, error) {
-	dir, err := filepath.Abs(dir)
+	dir, err := realPath(dir)
 	if err != nil {
 		return nil, err
 	}
