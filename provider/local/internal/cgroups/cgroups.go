@@ -371,8 +371,22 @@ func (g *Group) SetLimits(l Limits) error {
 		if l.MemoryBytes > 0 {
 			v = l.MemoryBytes
 		}
+		// With swap accounting, memory+swap gets the same limit, or an
+		// instance could overflow its limit into swap. memsw may never be
+		// below the memory limit, so lift it first and set it last.
+		memsw := exists(filepath.Join(d, "memory.memsw.limit_in_bytes"))
+		if memsw {
+			if err := writeInt(d, "memory.memsw.limit_in_bytes", -1); err != nil {
+				return err
+			}
+		}
 		if err := writeInt(d, "memory.limit_in_bytes", v); err != nil {
 			return err
+		}
+		if memsw {
+			if err := writeInt(d, "memory.memsw.limit_in_bytes", v); err != nil {
+				return err
+			}
 		}
 	}
 	if d := g.byH[CPU]; d != "" {
@@ -584,6 +598,11 @@ func (g *Group) Stats() (Stats, error) {
 		}
 	}
 	return s, err
+}
+
+func exists(p string) bool {
+	_, err := os.Stat(p)
+	return err == nil
 }
 
 func writeFile(dir, file, v string) error {
