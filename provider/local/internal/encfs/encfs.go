@@ -68,6 +68,12 @@ func Create(ctx context.Context, image, mountPoint string, size int64, key []byt
 	if err != nil {
 		return nil, err
 	}
+	if _, mounted, err := mountSource(mountPoint); err != nil || mounted {
+		if err == nil {
+			err = fmt.Errorf("encfs: something is already mounted on %s: %w", mountPoint, compute.ErrConflict)
+		}
+		return nil, err
+	}
 	var undo []func()
 	defer func() {
 		if err != nil {

@@ -287,6 +287,21 @@ func TestCreateFailsCleanly(t *testing.T) {
 			t.Fatal("mount point created")
 		}
 	})
+	t.Run("mount point in use", func(t *testing.T) {
+		dir := t.TempDir()
+		image, mnt := filepath.Join(dir, "disk.img"), filepath.Join(dir, "mnt")
+		os.Mkdir(mnt, 0o700)
+		if err := unix.Mount("tmpfs", mnt, "tmpfs", 0, "size=1m"); err != nil {
+			t.Fatal(err)
+		}
+		defer unix.Unmount(mnt, 0)
+		if _, err := Create(ctx, image, mnt, MinSize, newKey(t)); !errors.Is(err, compute.ErrConflict) {
+			t.Fatalf("err = %v, want ErrConflict", err)
+		}
+		if exists(image) {
+			t.Fatal("image created")
+		}
+	})
 	t.Run("bad input", func(t *testing.T) {
 		dir := t.TempDir()
 		for _, tc := range []struct {
