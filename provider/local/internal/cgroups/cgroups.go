@@ -60,12 +60,13 @@ type Limits struct {
 const DefaultCPUPeriodMicros = 100000
 
 // Group is one instance's set of cgroup directories, one per hierarchy that
-// exists on this host.
+// exists on this host. A Group rebuilt from a saved Name and Paths works
+// like one returned by Open: callers can persist Paths in an instance
+// record, which also finds the memory group when a later process runs in a
+// different memory cgroup.
 type Group struct {
 	Name  string
 	Paths []string // absolute directories, in FeatureSet.Hierarchies order, without duplicates
-
-	byH map[string]string // hierarchy -> directory
 }
 
 // Stats is a snapshot of a group's usage counters, its descendants
@@ -171,7 +172,7 @@ func Features() FeatureSet {
 }
 
 // base returns the directory under which groups of prefix live in
-// hierarchy name.
+// hierarchy name. For memory it is the one under our own memory cgroup.
 func (h hostInfo) base(name, prefix string) string {
 	if name == Memory {
 		// Under our own memory cgroup: on this machine kind it is owned by
@@ -179,6 +180,53 @@ func (h hostInfo) base(name, prefix string) string {
 		return filepath.Join(h.mounts[name], h.memOwn, prefix)
 	}
 	return filepath.Join(h.mounts[name], prefix)
+}
+
+// bases returns every directory that may hold groups of prefix in
+// hierarchy name: base first, then, for memory, <prefix> directories under
+// other memory cgroups. A process in another memory cgroup (another shell,
+// another session) made those, and Open, List and Remove must still find
+// them or they would leak.
+func (h hostInfo) bases(name, prefix string) []string {
+	own := h.base(name, prefix)
+	out := []string{own}
+	if name != Memory {
+		return out
+	}
+	root := h.mounts[Memory]
+	depth := func(p string) int { return strings.Count(strings.TrimPrefix(p, root), "/") }
+	filepath.WalkDir(root, func(p string, d fs.DirEntry, err error) error {
+		switch {
+		case err != nil || !d.IsDir():
+			return nil
+		case p == own:
+			return fs.SkipDir
+		case d.Name() == prefix && p != root:
+			out = append(out, p)
+			return fs.SkipDir
+		case depth(p) >= maxMemoryDepth:
+			return fs.SkipDir
+		}
+		return nil
+	})
+	return out
+}
+
+// maxMemoryDepth bounds the search for other processes' memory groups:
+// deep enough for /process_api/<session>/<prefix> or
+// /user.slice/user-1000.slice/session-1.scope/<prefix>.
+const maxMemoryDepth = 4
+
+// dir returns the directory of group name in hierarchy hn: an existing one
+// if there is one, else the one under base.
+func (h hostInfo) dir(hn, prefix, name string) string {
+	for _, b := range h.bases(hn, prefix) {
+		d := filepath.Join(b, name)
+		if fi, err := os.Stat(d); err == nil && fi.IsDir() {
+			return d
+		}
+	}
+	return filepath.Join(h.base(hn, prefix), name)
 }
 
 var nameRE = regexp.MustCompile(`^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$`)
@@ -236,7 +284,7 @@ func Create(prefix, name string, l Limits) (_ *Group, err error) {
 	if h.err != nil {
 		return nil, h.err
 	}
-	g := &Group{Name: name, byH: map[string]string{}}
+	g := &Group{Name: name}
 	var made []string
 	defer func() {
 		if err != nil {
@@ -249,11 +297,13 @@ func Create(prefix, name string, l Limits) (_ *Group, err error) {
 		if _, ok := h.mounts[hn]; !ok {
 			continue
 		}
-		base := h.base(hn, prefix)
-		if err := os.Mkdir(base, 0o755); err != nil && !errors.Is(err, fs.ErrExist) {
+		// Reuse the group's directory if it exists (for memory possibly
+		// under another process's memory cgroup), so a restart does not
+		// leave the old one behind.
+		dir := h.dir(hn, prefix, name)
+		if err := os.Mkdir(filepath.Dir(dir), 0o755); err != nil && !errors.Is(err, fs.ErrExist) {
 			return nil, fmt.Errorf("cgroups: %w", err)
 		}
-		dir := filepath.Join(base, name)
 		err := os.Mkdir(dir, 0o755)
 		switch {
 		case err == nil:
@@ -274,10 +324,6 @@ func Create(prefix, name string, l Limits) (_ *Group, err error) {
 }
 
 func (g *Group) add(hn, dir string) {
-	if g.byH == nil {
-		g.byH = map[string]string{}
-	}
-	g.byH[hn] = dir
 	// cpu and cpuacct are often co-mounted (cpu,cpuacct): one directory.
 	if !slices.Contains(g.Paths, dir) {
 		g.Paths = append(g.Paths, dir)
@@ -299,7 +345,7 @@ func Open(prefix, name string) (*Group, error) {
 		if _, ok := h.mounts[hn]; !ok || (hn == Memory && h.err != nil) {
 			continue
 		}
-		dir := filepath.Join(h.base(hn, prefix), name)
+		dir := h.dir(hn, prefix, name)
 		if fi, err := os.Stat(dir); err == nil && fi.IsDir() {
 			g.add(hn, dir)
 		}
@@ -322,16 +368,18 @@ func List(prefix string) ([]string, error) {
 		if _, ok := h.mounts[hn]; !ok || (hn == Memory && h.err != nil) {
 			continue
 		}
-		ents, err := os.ReadDir(h.base(hn, prefix))
-		if errors.Is(err, fs.ErrNotExist) {
-			continue
-		}
-		if err != nil {
-			return nil, fmt.Errorf("cgroups: %w", err)
-		}
-		for _, e := range ents {
-			if e.IsDir() {
-				seen[e.Name()] = true
+		for _, b := range h.bases(hn, prefix) {
+			ents, err := os.ReadDir(b)
+			if errors.Is(err, fs.ErrNotExist) {
+				continue
+			}
+			if err != nil {
+				return nil, fmt.Errorf("cgroups: %w", err)
+			}
+			for _, e := range ents {
+				if e.IsDir() {
+					seen[e.Name()] = true
+				}
 			}
 		}
 	}
@@ -345,7 +393,18 @@ func List(prefix string) ([]string, error) {
 
 // Path returns the group's directory in hierarchy h, or "" if the host (or
 // the group) lacks it.
-func (g *Group) Path(h string) string { return g.byH[h] }
+func (g *Group) Path(h string) string {
+	m := host().mounts[h]
+	if m == "" {
+		return ""
+	}
+	for _, p := range g.Paths {
+		if strings.HasPrefix(p, m+"/") {
+			return p
+		}
+	}
+	return ""
+}
 
 // ProcsFiles returns the cgroup.procs file of each of the group's
 // directories. A launcher writes its own PID ($$ in sh) into each before it
@@ -366,7 +425,7 @@ func (g *Group) SetLimits(l Limits) error {
 	if err := l.validate(); err != nil {
 		return err
 	}
-	if d := g.byH[Memory]; d != "" {
+	if d := g.Path(Memory); d != "" {
 		v := int64(-1)
 		if l.MemoryBytes > 0 {
 			v = l.MemoryBytes
@@ -389,7 +448,7 @@ func (g *Group) SetLimits(l Limits) error {
 			}
 		}
 	}
-	if d := g.byH[CPU]; d != "" {
+	if d := g.Path(CPU); d != "" {
 		period := l.CPUPeriodMicros
 		if period == 0 {
 			period = DefaultCPUPeriodMicros
@@ -410,7 +469,7 @@ func (g *Group) SetLimits(l Limits) error {
 			return err
 		}
 	}
-	if d := g.byH[PIDs]; d != "" {
+	if d := g.Path(PIDs); d != "" {
 		v := "max"
 		if l.PIDs > 0 {
 			v = strconv.FormatInt(l.PIDs, 10)
@@ -426,7 +485,7 @@ func (g *Group) SetLimits(l Limits) error {
 func (g *Group) Limits() (Limits, error) {
 	var l Limits
 	var err error
-	if d := g.byH[Memory]; d != "" {
+	if d := g.Path(Memory); d != "" {
 		if l.MemoryBytes, err = readInt(d, "memory.limit_in_bytes"); err != nil {
 			return l, err
 		}
@@ -434,7 +493,7 @@ func (g *Group) Limits() (Limits, error) {
 			l.MemoryBytes = 0
 		}
 	}
-	if d := g.byH[CPU]; d != "" {
+	if d := g.Path(CPU); d != "" {
 		if l.CPUQuotaMicros, err = readInt(d, "cpu.cfs_quota_us"); err != nil {
 			return l, err
 		}
@@ -445,7 +504,7 @@ func (g *Group) Limits() (Limits, error) {
 			return l, err
 		}
 	}
-	if d := g.byH[PIDs]; d != "" {
+	if d := g.Path(PIDs); d != "" {
 		if l.PIDs, err = readInt(d, "pids.max"); err != nil {
 			return l, err
 		}
@@ -566,7 +625,7 @@ func (g *Group) Stats() (Stats, error) {
 			*dst, err = readInt(dir, file)
 		}
 	}
-	if d := g.byH[Memory]; d != "" {
+	if d := g.Path(Memory); d != "" {
 		read(&s.MemoryUsage, d, "memory.usage_in_bytes")
 		read(&s.MemoryMaxUsage, d, "memory.max_usage_in_bytes")
 		read(&s.MemoryLimit, d, "memory.limit_in_bytes")
@@ -580,15 +639,15 @@ func (g *Group) Stats() (Stats, error) {
 			s.OOMKills = kv["oom_kill"] // absent before Linux 4.13
 		}
 	}
-	if d := g.byH[CPUAcct]; d != "" {
+	if d := g.Path(CPUAcct); d != "" {
 		read(&s.CPUUsageNanos, d, "cpuacct.usage")
 	}
-	if d := g.byH[CPU]; d != "" && err == nil {
+	if d := g.Path(CPU); d != "" && err == nil {
 		var kv map[string]int64
 		kv, err = readKV(d, "cpu.stat")
 		s.NrPeriods, s.NrThrottled, s.ThrottledNanos = kv["nr_periods"], kv["nr_throttled"], kv["throttled_time"]
 	}
-	if d := g.byH[PIDs]; d != "" {
+	if d := g.Path(PIDs); d != "" {
 		read(&s.PIDsCurrent, d, "pids.current")
 		read(&s.PIDsMax, d, "pids.max")
 		if err == nil {

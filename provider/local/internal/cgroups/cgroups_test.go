@@ -415,3 +415,49 @@ func TestMemoryLimit(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// TestMemoryGroupElsewhere: a group made by a process in another memory
+// cgroup (another session) is found, reused and removed, not leaked.
+func TestMemoryGroupElsewhere(t *testing.T) {
+	needRoot(t, Memory)
+	prefix := testPrefix(t)
+	other := filepath.Join(host().mounts[Memory], prefix+"-session")
+	dir := filepath.Join(other, prefix, "g")
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		os.Remove(dir)
+		os.Remove(filepath.Dir(dir))
+		os.Remove(other)
+	})
+	if names, err := List(prefix); err != nil || strings.Join(names, ",") != "g" {
+		t.Fatalf("List = %v, %v; want [g]", names, err)
+	}
+	g, err := Open(prefix, "g")
+	if err != nil || g.Path(Memory) != dir {
+		t.Fatalf("Open: Path(memory) = %q, %v; want %q", g.Path(Memory), err, dir)
+	}
+	// Create reuses it rather than making a second memory group.
+	g, err = Create(prefix, "g", Limits{MemoryBytes: 16 << 20})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if g.Path(Memory) != dir {
+		t.Fatalf("Create made %q, want the existing %q", g.Path(Memory), dir)
+	}
+	// A Group rebuilt from saved Paths works like the original.
+	saved := &Group{Name: g.Name, Paths: append([]string(nil), g.Paths...)}
+	if l, err := saved.Limits(); err != nil || l.MemoryBytes != 16<<20 {
+		t.Fatalf("rebuilt group Limits = %+v, %v", l, err)
+	}
+	if err := saved.Remove(); err != nil {
+		t.Fatal(err)
+	}
+	if exists(dir) {
+		t.Fatal("memory group under the other session left behind")
+	}
+	if names, _ := List(prefix); len(names) != 0 {
+		t.Fatalf("List after Remove = %v", names)
+	}
+}
