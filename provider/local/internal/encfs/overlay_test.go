@@ -70,6 +70,9 @@ func TestOverlayUpperInDataDir(t *testing.T) {
 	if m, _ := Mounted(mnt); !m {
 		t.Fatal("volume unmounted although the overlay still uses it")
 	}
+	if st := status(t, mnt, v.keyID); st != unix.FSCRYPT_KEY_STATUS_INCOMPLETELY_REMOVED {
+		t.Fatalf("key status after a refused Close = %d, want incompletely removed (3)", st)
+	}
 	if err := unix.Unmount(merged, 0); err != nil {
 		t.Fatal(err)
 	}
@@ -92,6 +95,9 @@ func TestOverlayUpperInDataDir(t *testing.T) {
 	v, err = Open(ctx, image, mnt, key)
 	if err != nil {
 		t.Fatal(err)
+	}
+	if st := status(t, mnt, v.keyID); st != unix.FSCRYPT_KEY_STATUS_PRESENT {
+		t.Fatalf("key status after Open = %d, want present (2)", st)
 	}
 	if err := unix.Mount("overlay", merged, "overlay", 0, opts); err != nil {
 		t.Fatal(err)
@@ -122,4 +128,18 @@ func TestOverlayUpperInDataDir(t *testing.T) {
 	if exists(image) {
 		t.Fatal("image left")
 	}
+}
+
+func status(t *testing.T, mnt string, id keyID) uint32 {
+	t.Helper()
+	root, err := os.Open(mnt)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer root.Close()
+	st, err := keyStatus(root, id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return st
 }
