@@ -1,0 +1,4 @@
+package main
+
+// Providers compiled into computectl register themselves on import.
+import ()
