@@ -127,6 +127,9 @@ func (s *suite) checkDenyDNAT(ctx context.Context) outcome {
 }
 
 func (s *suite) checkEgress(ctx context.Context) outcome {
+	if s.phErr != nil {
+		return s.probeHostMissing()
+	}
 	ms, problems := s.readyMembers()
 	var (
 		ln    probe.ListenNet = probe.LocalListen{}
