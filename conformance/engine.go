@@ -36,16 +36,16 @@ const (
 // base+portCount-1 on TCP and UDP; each check uses its own ports so one
 // check's rules never explain another check's observations.
 const (
-	portDeny     = iota // deny/tcp, deny/udp, and the DNAT target
-	portExact           // rule/opens-exactly: P
-	portExactNext       // P+1, must stay closed
-	portOther           // rule/other-source
-	portRevoke          // rule/revoke
-	portSetA            // rule/set, removed by the second set
-	portSetB            // rule/set, added by the second set
-	portPeer            // cluster/peers and cluster/isolation
-	portCross           // cluster/cross-rule: R
-	portCrossNext       // R+1, must stay closed
+	portDeny      = iota // deny/tcp, deny/udp, and the DNAT target
+	portExact            // rule/opens-exactly: P
+	portExactNext        // P+1, must stay closed
+	portOther            // rule/other-source
+	portRevoke           // rule/revoke
+	portSetA             // rule/set, removed by the second set
+	portSetB             // rule/set, added by the second set
+	portPeer             // cluster/peers and cluster/isolation
+	portCross            // cluster/cross-rule: R
+	portCrossNext        // R+1, must stay closed
 	portCount
 	portDNAT = portCount // published by the DNAT rule; nothing listens on it
 )

@@ -111,9 +111,9 @@ type vantage interface {
 // hostVantage is the test process itself.
 type hostVantage struct{ s *suite }
 
-func (h hostVantage) name() string     { return "host" }
-func (h hostVantage) src() netip.Addr  { return h.s.callerAddr }
-func (h hostVantage) cluster() string  { return "" }
+func (h hostVantage) name() string    { return "host" }
+func (h hostVantage) src() netip.Addr { return h.s.callerAddr }
+func (h hostVantage) cluster() string { return "" }
 func (h hostVantage) probe(ctx context.Context, ts []probe.Target) ([]probe.Result, error) {
 	return probe.All(ctx, probe.Local{}, ts, h.s.token, probeTimeout), nil
 }

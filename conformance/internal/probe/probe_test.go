@@ -2,8 +2,8 @@ package probe
 
 import (
 	"bytes"
-	"fmt"
 	"encoding/json"
+	"fmt"
 	"io"
 	"net"
 	"net/netip"
@@ -230,4 +230,3 @@ func TestDNAT(t *testing.T) {
 		t.Fatal(err)
 	}
 }
-
