@@ -996,25 +996,35 @@ func (n *Network) setRules(tg target, allows []Allow) error {
 // SpoofDrops returns how many frames the anti-spoofing table has dropped
 // since EnsureRouter created it.
 func (n *Network) SpoofDrops(ctx context.Context) (uint64, error) {
+	cs, err := n.spoofCounts(ctx)
+	var sum uint64
+	for _, v := range cs {
+		sum += v
+	}
+	return sum, err
+}
+
+// spoofCounts returns the packet count of each anti-spoofing drop rule.
+func (n *Network) spoofCounts(ctx context.Context) (map[string]uint64, error) {
 	if err := ctx.Err(); err != nil {
-		return 0, err
+		return nil, err
 	}
 	c, done, err := n.routerNFT()
 	if err != nil {
-		return 0, err
+		return nil, err
 	}
 	defer done()
 	objs, err := c.GetObjects(asTable())
 	if err != nil {
-		return 0, fmt.Errorf("read anti-spoofing counters: %w", err)
+		return nil, fmt.Errorf("read anti-spoofing counters: %w", err)
 	}
-	var sum uint64
+	m := map[string]uint64{}
 	for _, o := range objs {
 		if co, ok := o.(*nftables.CounterObj); ok && slices.Contains(spoofCounters, co.Name) {
-			sum += co.Packets
+			m[co.Name] = co.Packets
 		}
 	}
-	return sum, nil
+	return m, nil
 }
 
 // ForwardDrops returns how many packets the router's forward chain has
