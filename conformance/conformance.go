@@ -101,6 +101,10 @@ type Options struct {
 	// (compute.CallerPrefixer). Without either the suite cannot open SSH to
 	// the caller alone, and Check fails.
 	CallerPrefixes []netip.Prefix
+	// Progress, when set, is called with each step as it starts: setup
+	// phases ("creating instances") and check names. For progress displays;
+	// it must not block.
+	Progress func(step string)
 }
 
 // Statuses of a Result.

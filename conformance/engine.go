@@ -208,7 +208,7 @@ func (s *suite) check(ctx context.Context, name string, fn func(ctx context.Cont
 	if ctx.Err() != nil {
 		o = fail("not run: %v", context.Cause(ctx))
 	} else {
-		s.log.Info("conformance: check", "check", name)
+		s.step(name)
 		func() {
 			defer func() {
 				if r := recover(); r != nil {
@@ -219,6 +219,14 @@ func (s *suite) check(ctx context.Context, name string, fn func(ctx context.Cont
 		}()
 	}
 	s.record(Result{Name: name, Status: o.status, Reason: o.reason, Duration: time.Since(start), unsupported: o.unsupported})
+}
+
+// step reports progress.
+func (s *suite) step(what string) {
+	s.log.Info("conformance: " + what)
+	if s.opts.Progress != nil {
+		s.opts.Progress(what)
+	}
 }
 
 func (s *suite) record(r Result) {
@@ -342,7 +350,7 @@ func (s *suite) setup(ctx context.Context) error {
 		{key: "b1", cluster: s.clusterB},
 		{key: "l1"},
 	}
-	s.log.Info("conformance: creating instances", "run", s.runID, "clusters", []string{s.clusterA, s.clusterB})
+	s.step("creating clusters " + s.clusterA + ", " + s.clusterB + " and 4 instances")
 	errs := make([]error, len(s.members))
 	var wg sync.WaitGroup
 	for i, m := range s.members {
@@ -440,6 +448,7 @@ func (s *suite) openSSH(ctx context.Context) error {
 			}
 		}
 	}
+	s.step("connecting over SSH and copying the probe program")
 	deadline := 2*time.Minute + s.feats.RuleChangeLatency
 	var wg sync.WaitGroup
 	for _, m := range s.members {

@@ -46,6 +46,7 @@ func (s *suite) teardown(ctx context.Context) {
 	cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), cleanupTimeout)
 	defer cancel()
 
+	s.step("terminating instances")
 	var termErr error
 	start := time.Now()
 	{
