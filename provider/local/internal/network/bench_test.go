@@ -48,3 +48,29 @@ func BenchmarkSetInstanceRules(b *testing.B) {
 		})
 	}
 }
+
+// BenchmarkAttachDetach measures one instance's network setup and teardown
+// (namespace, veth, addresses, sysctls, anti-spoofing elements, rule target).
+func BenchmarkAttachDetach(b *testing.B) {
+	n := newTestNetwork(b)
+	ctx := context.Background()
+	ensureBridge(b, n, "ntba", "10.233.1.0/24")
+	for b.Loop() {
+		a := attach(b, n, "000000a1", "ntba", "10.233.1.11")
+		if err := n.DetachInstance(ctx, a.id); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+func BenchmarkAttach(b *testing.B) {
+	n := newTestNetwork(b)
+	ctx := context.Background()
+	ensureBridge(b, n, "ntba", "10.233.1.0/24")
+	for b.Loop() {
+		b.StopTimer()
+		n.DetachInstance(ctx, "000000a1")
+		b.StartTimer()
+		attach(b, n, "000000a1", "ntba", "10.233.1.11")
+	}
+}

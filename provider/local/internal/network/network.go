@@ -435,9 +435,27 @@ func ignoreMissing(err error) error {
 	return err
 }
 
-// flushEach runs each queue function in its own batch, ignoring ENOENT, in
-// order: used for deletes whose objects may be partly gone already.
+// flushEach removes objects that may be partly gone already. It first
+// tries all ops in one batch (each nftables commit that touches an interval
+// set costs a kernel RCU grace period, ~10 ms here); if that fails because
+// something is missing, it runs each op in its own batch, in order,
+// ignoring ENOENT.
 func flushEach(c *nftables.Conn, ops ...func(*nftables.Conn) error) error {
+	queued := true
+	for _, op := range ops {
+		if err := op(c); err != nil {
+			queued = false
+			break
+		}
+	}
+	if queued {
+		if err := c.Flush(); err == nil {
+			return nil
+		}
+	} else {
+		// Send what was queued; the pass below completes it.
+		_ = c.Flush()
+	}
 	var errs []error
 	for _, op := range ops {
 		if err := op(c); err != nil {

@@ -160,6 +160,14 @@ func ctStateIn(bits uint32) []expr.Any {
 	}
 }
 
+// ipv4Only matches IPv4 packets. IPv6 is dropped before any rule that
+// loads addresses, so this is a no-op for the verdict; it is there so that
+// nft(8) can show the loads as "ip saddr"/"ip daddr" when debugging.
+func ipv4Only() []expr.Any {
+	return exprs(metaLoad(expr.MetaKeyNFPROTO, 1),
+		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{unix.NFPROTO_IPV4}})
+}
+
 func verdict(k expr.VerdictKind) expr.Any { return &expr.Verdict{Kind: k} }
 
 func exprs(parts ...any) []expr.Any {
@@ -222,7 +230,7 @@ func (n *Network) routerBase(c *nftables.Conn) error {
 		exprs(metaLoad(expr.MetaKeyOIFNAME, 1),
 			&expr.Lookup{SourceRegister: 1, SetName: setBridges, SetID: sets[0].ID, Invert: true},
 			verdict(expr.VerdictAccept)),
-		exprs(ipDaddr(1),
+		exprs(ipv4Only(), ipDaddr(1),
 			&expr.Lookup{SourceRegister: 1, SetName: mapITargets, SetID: sets[2].ID, IsDestRegSet: true, DestRegister: 0}),
 		exprs(metaLoad(expr.MetaKeyOIFNAME, 1),
 			&expr.Lookup{SourceRegister: 1, SetName: mapCTargets, SetID: sets[3].ID, IsDestRegSet: true, DestRegister: 0}),
@@ -375,8 +383,8 @@ func ensureTarget(c *nftables.Conn, tg target) error {
 	l4 := metaLoad(expr.MetaKeyL4PROTO, 9)
 	l4b := metaLoad(expr.MetaKeyL4PROTO, 12)
 	for _, r := range [][]expr.Any{
-		exprs(ipSaddr(8), l4, thDport(10), lookup(a), verdict(expr.VerdictAccept)),
-		exprs(ipSaddr(8), l4, lookup(an), verdict(expr.VerdictAccept)),
+		exprs(ipv4Only(), ipSaddr(8), l4, thDport(10), lookup(a), verdict(expr.VerdictAccept)),
+		exprs(ipv4Only(), ipSaddr(8), l4, lookup(an), verdict(expr.VerdictAccept)),
 		exprs(metaLoad(expr.MetaKeyIIFNAME, 8), l4b, thDport(13), lookup(b), verdict(expr.VerdictAccept)),
 		exprs(metaLoad(expr.MetaKeyIIFNAME, 8), l4b, lookup(bn), verdict(expr.VerdictAccept)),
 	} {
