@@ -679,6 +679,17 @@ func (n *Network) AttachInstance(ctx context.Context, a Attachment) (string, err
 			return "", fmt.Errorf("set MAC: %w", err)
 		}
 	}
+	// Other addresses go first: deleting a primary address after adding
+	// the new one would take the new (secondary) one with it.
+	if addrs, err := in.nl.AddrList(eth0, netlink.FAMILY_V4); err == nil {
+		for _, ad := range addrs {
+			if ip, ok := netip.AddrFromSlice(ad.IP.To4()); ok && ip != a.Addr {
+				if err := in.nl.AddrDel(eth0, &ad); err != nil {
+					return "", fmt.Errorf("remove old address %s: %w", ip, err)
+				}
+			}
+		}
+	}
 	if err := in.nl.AddrReplace(eth0, &netlink.Addr{IPNet: ipnet(netip.PrefixFrom(a.Addr, gw.Bits()))}); err != nil {
 		return "", fmt.Errorf("instance address: %w", err)
 	}

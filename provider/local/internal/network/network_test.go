@@ -766,3 +766,91 @@ func TestNewValidation(t *testing.T) {
 		t.Errorf("lastSlash24 = %s", got)
 	}
 }
+
+// TestPartialState checks that half-made attachments (a crash between
+// steps) are completed by AttachInstance and removed by DetachInstance.
+func TestPartialState(t *testing.T) {
+	n := newTestNetwork(t)
+	ctx := context.Background()
+	ensureBridge(t, n, "ntba", "10.233.1.0/24")
+
+	// Namespace only.
+	if _, err := createNetNS(n.instNS("000000c1")); err != nil {
+		t.Fatal(err)
+	}
+	// Full attach whose namespace file then vanished (router veth left).
+	attach(t, n, "000000c2", "ntba", "10.233.1.12")
+	if err := deleteNetNS(n.instNS("000000c2")); err != nil {
+		t.Fatal(err)
+	}
+	ids, err := n.Instances(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if strings.Join(ids, ",") != "000000c1,000000c2" {
+		t.Errorf("Instances = %v", ids)
+	}
+	if brs, _ := n.Bridges(ctx); strings.Join(brs, ",") != "ntba" {
+		t.Errorf("Bridges = %v", brs)
+	}
+
+	// Re-attaching c2 repairs it: new namespace, new veth, reachable.
+	c2 := attach(t, n, "000000c2", "ntba", "10.233.1.12")
+	serve(t, c2.ns, "0.0.0.0", 7000)
+	if err := n.SetInstanceRules(ctx, c2.id, c2.addr, []Allow{tcp(7000, netip.PrefixFrom(n.HostAddr(), 32))}); err != nil {
+		t.Fatal(err)
+	}
+	if !reachable(fromHost(), "tcp4", hp(c2.addr, 7000)) {
+		t.Error("repaired instance unreachable through its rule")
+	}
+	// Re-attaching with a new address moves its bindings and target.
+	c2b := attach(t, n, "000000c2", "ntba", "10.233.1.13")
+	objs, _ := n.Objects(ctx)
+	for _, o := range objs {
+		if strings.Contains(o, "10.233.1.12") {
+			t.Errorf("old address still bound after re-attach: %q", o)
+		}
+	}
+	var addrs []string
+	if err := InNetNS(c2b.ns, func() error {
+		ifc, err := net.InterfaceByName("eth0")
+		if err != nil {
+			return err
+		}
+		as, err := ifc.Addrs()
+		for _, a := range as {
+			addrs = append(addrs, a.String())
+		}
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if strings.Join(addrs, ",") != "10.233.1.13/24" {
+		t.Errorf("eth0 addresses after re-attach: %v", addrs)
+	}
+	serve(t, c2b.ns, "0.0.0.0", 7001)
+	if err := n.SetInstanceRules(ctx, c2b.id, c2b.addr, []Allow{tcp(7001, netip.PrefixFrom(n.HostAddr(), 32))}); err != nil {
+		t.Fatal(err)
+	}
+	if !reachable(fromHost(), "tcp4", hp(c2b.addr, 7001)) {
+		t.Error("moved instance unreachable through its rule")
+	}
+
+	for _, id := range []string{"000000c1", "000000c2"} {
+		if err := n.DetachInstance(ctx, id); err != nil {
+			t.Fatal(err)
+		}
+	}
+	objs, err = n.Objects(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, o := range objs {
+		if strings.Contains(o, "000000c") || strings.Contains(o, "10.233.1.1") {
+			t.Errorf("left after detach: %q", o)
+		}
+	}
+	if ids, _ := n.Instances(ctx); len(ids) != 0 {
+		t.Errorf("Instances after detach = %v", ids)
+	}
+}

@@ -244,3 +244,71 @@ func (n *Network) Teardown(ctx context.Context) error {
 	}
 	return errors.Join(errs...)
 }
+
+// Instances returns the IDs of instances that have a network namespace
+// (<prefix>-i-<ID>) or a router-side veth, attached or half-attached: what
+// a garbage collector compares with the instances it knows.
+func (n *Network) Instances(ctx context.Context) ([]string, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	seen := map[string]bool{}
+	names, err := listNetNS(n.cfg.Prefix + "-i-")
+	if err != nil {
+		return nil, err
+	}
+	for _, name := range names {
+		if id := strings.TrimPrefix(name, n.cfg.Prefix+"-i-"); idRE.MatchString(id) {
+			seen[id] = true
+		}
+	}
+	if isNetNSMount(n.routerNS()) {
+		r, err := openNS(n.routerNS())
+		if err != nil {
+			return nil, err
+		}
+		defer r.Close()
+		links, err := linkList(r.nl)
+		if err != nil {
+			return nil, err
+		}
+		for _, l := range links {
+			if id, ok := strings.CutPrefix(l.Attrs().Name, n.cfg.Prefix+"v"); ok && idRE.MatchString(id) {
+				seen[id] = true
+			}
+		}
+	}
+	ids := make([]string, 0, len(seen))
+	for id := range seen {
+		ids = append(ids, id)
+	}
+	sort.Strings(ids)
+	return ids, nil
+}
+
+// Bridges returns the names of the bridges in the router.
+func (n *Network) Bridges(ctx context.Context) ([]string, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	if !isNetNSMount(n.routerNS()) {
+		return nil, nil
+	}
+	r, err := openNS(n.routerNS())
+	if err != nil {
+		return nil, err
+	}
+	defer r.Close()
+	links, err := linkList(r.nl)
+	if err != nil {
+		return nil, err
+	}
+	var out []string
+	for _, l := range links {
+		if _, ok := l.(*netlink.Bridge); ok {
+			out = append(out, l.Attrs().Name)
+		}
+	}
+	sort.Strings(out)
+	return out, nil
+}
