@@ -65,6 +65,11 @@ type Network struct {
 
 	mu sync.Mutex
 
+	// hostNS is the namespace that plays the host: the process's own,
+	// except in tests that need a host whose forwarding and NAT they may
+	// change.
+	hostNS string
+
 	// Derived addresses of the host<->router link.
 	hostAddr   netip.Addr // host end ("<prefix>-h"), .1 of the first /30 of the last /24
 	routerAddr netip.Addr // router end ("host0"), .2
@@ -92,7 +97,7 @@ func New(cfg Config) (*Network, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	n := &Network{cfg: cfg, log: log}
+	n := &Network{cfg: cfg, log: log, hostNS: hostNSPath}
 	last := lastSlash24(cfg.Pool)
 	n.linkNet = netip.PrefixFrom(last.Addr(), 30)
 	n.hostAddr = last.Addr().Next()
@@ -190,7 +195,7 @@ func (n *Network) EnsureRouter(ctx context.Context) error {
 		return err
 	}
 	defer r.Close()
-	h, err := openNS(hostNSPath)
+	h, err := openNS(n.hostNS)
 	if err != nil {
 		return err
 	}
@@ -290,7 +295,7 @@ func (n *Network) EnsureRouter(ctx context.Context) error {
 	}
 
 	// Host table.
-	hc, hdone, err := nftIn(hostNSPath)
+	hc, hdone, err := nftIn(n.hostNS)
 	if err != nil {
 		return err
 	}

@@ -37,7 +37,7 @@ func (n *Network) Objects(ctx context.Context) ([]string, error) {
 		out = append(out, "netns "+name)
 	}
 
-	h, err := openNS(hostNSPath)
+	h, err := openNS(n.hostNS)
 	if err != nil {
 		return nil, err
 	}
@@ -59,7 +59,7 @@ func (n *Network) Objects(ctx context.Context) ([]string, error) {
 			}
 		}
 	}
-	if hc, done, err := nftIn(hostNSPath); err == nil {
+	if hc, done, err := nftIn(n.hostNS); err == nil {
 		if _, err := hc.ListTableOfFamily(n.hostTable().Name, nftables.TableFamilyIPv4); err == nil {
 			out = append(out, "nft ip "+n.hostTable().Name)
 		}
@@ -193,7 +193,7 @@ func (n *Network) Teardown(ctx context.Context) error {
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	var errs []error
-	if hc, done, err := nftIn(hostNSPath); err == nil {
+	if hc, done, err := nftIn(n.hostNS); err == nil {
 		if _, err := hc.ListTableOfFamily(n.hostTable().Name, nftables.TableFamilyIPv4); err == nil {
 			hc.DelTable(n.hostTable())
 			if err := ignoreMissing(hc.Flush()); err != nil {
@@ -204,7 +204,7 @@ func (n *Network) Teardown(ctx context.Context) error {
 	} else {
 		errs = append(errs, err)
 	}
-	if h, err := openNS(hostNSPath); err == nil {
+	if h, err := openNS(n.hostNS); err == nil {
 		if l, err := h.nl.LinkByName(n.hostLink()); err == nil {
 			if err := h.nl.LinkDel(l); err != nil && !isNotFound(err) {
 				errs = append(errs, fmt.Errorf("delete %s: %w", n.hostLink(), err))
