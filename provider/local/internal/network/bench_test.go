@@ -22,6 +22,7 @@ func BenchmarkSetInstanceRules(b *testing.B) {
 			for i := range 10 {
 				id := fmt.Sprintf("0000ff%02x", i)
 				addr := netip.AddrFrom4([4]byte{10, 233, 1, byte(100 + i)})
+				attach(b, n, id, "ntba", addr.String())
 				var allows []Allow
 				for j := range others / 10 {
 					allows = append(allows, Allow{Protocol: compute.ProtocolTCP, Ports: compute.Port(uint16(1000 + j)),

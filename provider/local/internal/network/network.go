@@ -969,8 +969,11 @@ func (n *Network) validAllows(allows []Allow) error {
 }
 
 // SetInstanceRules replaces every ingress allowance targeting the instance id
-// (at address addr) with allows, in one atomic netlink batch whose cost
-// depends only on len(allows). An empty allows closes everything again.
+// (attached at address addr) with allows, in one atomic netlink batch whose
+// cost depends only on len(allows). An empty allows closes everything
+// again. The instance must be attached (else ErrNotFound). Allowances that
+// can never match here (IPv6 sources, icmpv6) are accepted and have no
+// effect: IPv6 is dropped at the router, so this never widens access.
 func (n *Network) SetInstanceRules(ctx context.Context, id string, addr netip.Addr, allows []Allow) error {
 	if err := ctx.Err(); err != nil {
 		return err
@@ -984,11 +987,54 @@ func (n *Network) SetInstanceRules(ctx context.Context, id string, addr netip.Ad
 	if err := n.validAllows(allows); err != nil {
 		return err
 	}
+	if err := n.checkAttached(id, addr); err != nil {
+		return err
+	}
 	return n.setRules(instanceTarget(id, addr), allows)
 }
 
+// checkAttached verifies that instance id is attached with address addr, so
+// that rules never create a target no DetachInstance would find.
+func (n *Network) checkAttached(id string, addr netip.Addr) error {
+	r, err := n.openRouter()
+	if err != nil {
+		return err
+	}
+	defer r.Close()
+	if _, err := r.nl.LinkByName(n.instVeth(id)); isNotFound(err) {
+		return fmt.Errorf("instance %s is not attached: %w", id, compute.ErrNotFound)
+	} else if err != nil {
+		return err
+	}
+	if !isNetNSMount(n.instNS(id)) {
+		return fmt.Errorf("instance %s has no network namespace: %w", id, compute.ErrNotFound)
+	}
+	in, err := openNS(n.instNS(id))
+	if err != nil {
+		return err
+	}
+	defer in.Close()
+	eth0, err := in.nl.LinkByName("eth0")
+	if err != nil {
+		return fmt.Errorf("instance %s eth0: %w", id, err)
+	}
+	addrs, err := in.nl.AddrList(eth0, netlink.FAMILY_V4)
+	if err != nil {
+		return err
+	}
+	var have []string
+	for _, a := range addrs {
+		ip, _ := netip.AddrFromSlice(a.IP.To4())
+		if ip == addr {
+			return nil
+		}
+		have = append(have, ip.String())
+	}
+	return compute.InvalidField("addr", addr.String(), fmt.Sprintf("instance %s is attached with %v", id, have))
+}
+
 // SetBridgeRules replaces every ingress allowance targeting the whole cluster
-// on bridge with allows, in one atomic netlink batch whose cost depends only
+// on bridge (which must exist, else ErrNotFound) with allows, in one atomic netlink batch whose cost depends only
 // on len(allows). Traffic between the bridge's own members is always
 // allowed and needs no rule.
 func (n *Network) SetBridgeRules(ctx context.Context, bridge string, allows []Allow) error {
@@ -999,6 +1045,17 @@ func (n *Network) SetBridgeRules(ctx context.Context, bridge string, allows []Al
 		return err
 	}
 	if err := n.validAllows(allows); err != nil {
+		return err
+	}
+	r, err := n.openRouter()
+	if err != nil {
+		return err
+	}
+	_, err = r.nl.LinkByName(bridge)
+	r.Close()
+	if isNotFound(err) {
+		return fmt.Errorf("bridge %s: %w", bridge, compute.ErrNotFound)
+	} else if err != nil {
 		return err
 	}
 	return n.setRules(bridgeTarget(bridge), allows)

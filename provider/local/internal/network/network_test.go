@@ -728,6 +728,15 @@ func TestAttachIdempotentAndSysctls(t *testing.T) {
 	if _, err := n.AttachInstance(ctx, Attachment{ID: "000000a3", Bridge: "ntbzz", Addr: netip.MustParseAddr("10.233.1.20"), MAC: net.HardwareAddr{2, 0, 0, 0, 0, 1}}); !errors.Is(err, compute.ErrNotFound) {
 		t.Errorf("attach to a missing bridge: %v, want ErrNotFound", err)
 	}
+	if err := n.SetInstanceRules(ctx, "000000ff", netip.MustParseAddr("10.233.1.30"), nil); !errors.Is(err, compute.ErrNotFound) {
+		t.Errorf("rules for an unattached instance: %v, want ErrNotFound", err)
+	}
+	if err := n.SetInstanceRules(ctx, a1.id, netip.MustParseAddr("10.233.1.30"), nil); !errors.Is(err, compute.ErrInvalidArgument) {
+		t.Errorf("rules with the wrong address: %v, want ErrInvalidArgument", err)
+	}
+	if err := n.SetBridgeRules(ctx, "ntbzz", nil); !errors.Is(err, compute.ErrNotFound) {
+		t.Errorf("rules for a missing bridge: %v, want ErrNotFound", err)
+	}
 	for _, bad := range [][]Allow{
 		{{Protocol: compute.ProtocolTCP, Source: netip.MustParsePrefix("10.0.0.0/8")}},
 		{{Protocol: compute.ProtocolICMP, Ports: compute.Port(1), Source: netip.MustParsePrefix("10.0.0.0/8")}},
