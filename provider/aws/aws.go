@@ -65,12 +65,12 @@ func New(ctx context.Context, cfg Config) (*Provider, error) {
 	if err := cfg.validate(); err != nil {
 		return nil, err
 	}
-	hc, err := tlsClient(cfg.HTTPClient)
+	sdkHTTP, _, err := httpClient(cfg.HTTPClient)
 	if err != nil {
 		return nil, err
 	}
 	opts := []func(*config.LoadOptions) error{
-		config.WithHTTPClient(hc),
+		config.WithHTTPClient(sdkHTTP),
 		config.WithRetryer(func() awssdk.Retryer {
 			return retry.NewStandard(func(o *retry.StandardOptions) {
 				if cfg.MaxAttempts > 0 {
@@ -101,6 +101,19 @@ func New(ctx context.Context, cfg Config) (*Provider, error) {
 	if err != nil {
 		return nil, fmt.Errorf("aws: loading configuration: %v: %w", err, compute.ErrPrecondition)
 	}
+	// Loading may have replaced the transport (a CA bundle); pin it again
+	// and keep the exact client the SDK uses.
+	var hc *http.Client
+	switch c := ac.HTTPClient.(type) {
+	case *awshttp.BuildableClient:
+		bc := c.WithTransportOptions(pinTLS)
+		ac.HTTPClient = bc
+		hc = &http.Client{Transport: bc.GetTransport()}
+	case *http.Client:
+		hc = c
+	default:
+		return nil, fmt.Errorf("aws: unexpected HTTP client %T: %w", c, compute.ErrPrecondition)
+	}
 	if ac.Region == "" {
 		return nil, fmt.Errorf("aws: no region: set Region, AWS_REGION or a profile's region: %w", compute.ErrPrecondition)
 	}
@@ -121,20 +134,25 @@ func New(ctx context.Context, cfg Config) (*Provider, error) {
 	}, nil
 }
 
-// tlsClient returns the HTTP client every AWS call goes through: base's
-// settings (or the SDK's defaults) with TLS 1.2 as the minimum version.
-func tlsClient(base *http.Client) (*http.Client, error) {
-	pin := func(tr *http.Transport) {
-		if tr.TLSClientConfig == nil {
-			tr.TLSClientConfig = &tls.Config{}
-		}
-		if tr.TLSClientConfig.MinVersion < tls.VersionTLS12 {
-			tr.TLSClientConfig.MinVersion = tls.VersionTLS12
-		}
+// pinTLS raises a transport's minimum TLS version to 1.2.
+func pinTLS(tr *http.Transport) {
+	if tr.TLSClientConfig == nil {
+		tr.TLSClientConfig = &tls.Config{}
 	}
+	if tr.TLSClientConfig.MinVersion < tls.VersionTLS12 {
+		tr.TLSClientConfig.MinVersion = tls.VersionTLS12
+	}
+}
+
+// httpClient returns the client every AWS call goes through and the same
+// as an *http.Client (for HTTPClients). Without base it is the SDK's
+// buildable client, so the SDK can still add a custom CA bundle
+// (AWS_CA_BUNDLE); with base, base's transport is cloned. Either way TLS
+// 1.2 is the minimum.
+func httpClient(base *http.Client) (awssdk.HTTPClient, *http.Client, error) {
 	if base == nil {
-		tr := awshttp.NewBuildableClient().WithTransportOptions(pin).GetTransport()
-		return &http.Client{Transport: tr}, nil
+		bc := awshttp.NewBuildableClient().WithTransportOptions(pinTLS)
+		return bc, &http.Client{Transport: bc.GetTransport()}, nil
 	}
 	var tr *http.Transport
 	switch t := base.Transport.(type) {
@@ -143,12 +161,12 @@ func tlsClient(base *http.Client) (*http.Client, error) {
 	case *http.Transport:
 		tr = t.Clone()
 	default:
-		return nil, compute.InvalidField("httpClient.transport", fmt.Sprintf("%T", t), "must be an *http.Transport so that TLS 1.2 can be enforced")
+		return nil, nil, compute.InvalidField("httpClient.transport", fmt.Sprintf("%T", t), "must be an *http.Transport so that TLS 1.2 can be enforced")
 	}
-	pin(tr)
+	pinTLS(tr)
 	c := *base
 	c.Transport = tr
-	return &c, nil
+	return &c, &c, nil
 }
 
 // Name returns "aws".

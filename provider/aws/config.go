@@ -158,7 +158,7 @@ func (c *Config) setDefaults() {
 	if c.PollInterval <= 0 {
 		c.PollInterval = defaultPoll
 	}
-	if c.GCGrace == 0 {
+	if c.GCGrace == 0 { // negative: no grace (tests)
 		c.GCGrace = defaultGCGrace
 	}
 	if c.Logger == nil {
