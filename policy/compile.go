@@ -363,11 +363,20 @@ func subsumeEntries(es []Entry) ([]Entry, bool) {
 				b.AddPrefix(e.Source)
 			}
 		})
-	ranges := make(map[protoSource][]compute.PortRange, len(es))
+	// Port ranges by (protocol, prefix), and the prefix lengths in use per
+	// family, so that looking for a wider entry costs one map lookup per
+	// length that exists rather than one per bit.
+	type protoPrefix struct {
+		rank int
+		p    netip.Prefix
+	}
+	ranges := make(map[protoPrefix][]compute.PortRange, len(es))
+	var lengths [2][129]bool // [is6][bits]
 	for _, e := range es {
 		if e.Cluster == "" && e.Source.IsValid() {
-			k := protoSource{proto: e.Protocol, source: e.Source}
+			k := protoPrefix{protoRank(e.Protocol), e.Source}
 			ranges[k] = append(ranges[k], e.Ports)
+			lengths[boolRank(e.Source.Addr().Is6())][e.Source.Bits()] = true
 		}
 	}
 	covered := func(e Entry) bool {
@@ -379,15 +388,20 @@ func subsumeEntries(es []Entry) ([]Entry, bool) {
 				return true
 			}
 		}
-		if e.Cluster != "" || !e.Source.IsValid() {
+		// protoRank folds unknown protocols together; leave those alone.
+		if e.Cluster != "" || !e.Source.IsValid() || !e.Protocol.Valid() {
 			return false
 		}
 		// Ancestors only (strictly shorter prefixes): an entry never
 		// removes itself, and the chain of coverers always ends at an
 		// entry that is kept.
+		used := &lengths[boolRank(e.Source.Addr().Is6())]
 		for bits := e.Source.Bits() - 1; bits >= 0; bits-- {
+			if !used[bits] {
+				continue
+			}
 			anc := netip.PrefixFrom(e.Source.Addr(), bits).Masked()
-			for _, pr := range ranges[protoSource{proto: e.Protocol, source: anc}] {
+			for _, pr := range ranges[protoPrefix{protoRank(e.Protocol), anc}] {
 				if pr.From <= e.Ports.From && e.Ports.To <= pr.To {
 					return true
 				}
