@@ -110,7 +110,7 @@ func TestEgressNAT(t *testing.T) {
 		c.Write([]byte("hi"))
 		c.Close()
 	}()
-	if !reachable(fromNS(a1.ns, nil), "tcp4", "192.0.2.2:9000") {
+	if !reachable(fromNS(a1.ns, nil), "tcp4", "192.0.2.2:9000", true) {
 		t.Fatal("instance cannot reach the outside through EgressNAT")
 	}
 	select {
@@ -124,10 +124,10 @@ func TestEgressNAT(t *testing.T) {
 
 	// The host's other addresses are the host too: closed to instances.
 	serve(t, hostPath, "192.0.2.1", 9001)
-	if reachable(fromNS(a1.ns, nil), "tcp4", "192.0.2.1:9001") {
+	if reachable(fromNS(a1.ns, nil), "tcp4", "192.0.2.1:9001", false) {
 		t.Error("instance reached a listener on the host's uplink address")
 	}
-	if !reachable(fromNS(hostPath, nil), "tcp4", "192.0.2.1:9001") {
+	if !reachable(fromNS(hostPath, nil), "tcp4", "192.0.2.1:9001", true) {
 		t.Fatal("host listener not answering locally; the test is broken")
 	}
 }

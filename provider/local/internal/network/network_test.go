@@ -203,11 +203,28 @@ func serve(t testing.TB, path, addr string, port int) {
 	}()
 }
 
-const probeTimeout = 400 * time.Millisecond
+// How long a probe waits. Where the test expects an answer it waits long,
+// so a loaded machine does not fail it; where it expects silence it waits
+// short: a path through local veths answers in about a millisecond, so
+// half a second of silence means closed (breaking the ruleset on purpose
+// makes these tests fail, which is how this was checked).
+const (
+	shortWait = 500 * time.Millisecond
+	longWait  = 3 * time.Second
+)
+
+func wait(expect bool) time.Duration {
+	if expect {
+		return longWait
+	}
+	return shortWait
+}
 
 // reachable reports whether d gets "hi" back over network ("tcp4"/"udp4")
-// from address within probeTimeout.
-func reachable(d dialer, network, address string) bool {
+// from address; expect says which answer the caller expects (it sets only
+// how long to wait).
+func reachable(d dialer, network, address string, expect bool) bool {
+	probeTimeout := wait(expect)
 	ctx, cancel := context.WithTimeout(context.Background(), probeTimeout)
 	defer cancel()
 	c, err := d(ctx, network, address)
@@ -227,9 +244,10 @@ func reachable(d dialer, network, address string) bool {
 }
 
 // pings reports whether an ICMP echo from the namespace at path ("" = the
-// test's own) to dst is answered within probeTimeout.
-func pings(t testing.TB, path string, dst netip.Addr) bool {
+// test's own) to dst is answered; expect is as for reachable.
+func pings(t testing.TB, path string, dst netip.Addr, expect bool) bool {
 	t.Helper()
+	probeTimeout := wait(expect)
 	var pc *icmp.PacketConn
 	open := func() error {
 		var err error
@@ -284,7 +302,7 @@ type reach struct {
 func checkReach(t *testing.T, cases []reach) {
 	t.Helper()
 	for _, c := range cases {
-		if got := reachable(c.d, c.network, c.addr); got != c.want {
+		if got := reachable(c.d, c.network, c.addr, c.want); got != c.want {
 			t.Errorf("%s: %s %s reachable = %v, want %v", c.name, c.network, c.addr, got, c.want)
 		}
 	}
@@ -316,11 +334,11 @@ func TestDefaultDenyAndInstanceRules(t *testing.T) {
 			{"host ssh", host, "tcp4", hp(a1.addr, 22), false},
 			{"probe", probe.DialContext, "tcp4", hp(a1.addr, 8080), false},
 		})
-		if pings(t, "", a1.addr) {
+		if pings(t, "", a1.addr, false) {
 			t.Error("host ping to instance answered under default deny")
 		}
 		// The listener is there: from inside, it answers.
-		if !reachable(fromNS(a1.ns, nil), "tcp4", "127.0.0.1:8080") {
+		if !reachable(fromNS(a1.ns, nil), "tcp4", "127.0.0.1:8080", true) {
 			t.Fatal("listener not answering inside the instance; the test is broken")
 		}
 	})
@@ -343,10 +361,10 @@ func TestDefaultDenyAndInstanceRules(t *testing.T) {
 			{"probe outside the CIDR", probe.DialContext, "tcp4", hp(a1.addr, 8080), false},
 			{"probe udp", probe.DialContext, "udp4", hp(a1.addr, 8080), false},
 		})
-		if !pings(t, "", a1.addr) {
+		if !pings(t, "", a1.addr, true) {
 			t.Error("icmp rule: host ping unanswered")
 		}
-		if pings(t, probe.NetNS(), a1.addr) {
+		if pings(t, probe.NetNS(), a1.addr, false) {
 			t.Error("icmp rule for the host answered the probe")
 		}
 	})
@@ -394,7 +412,7 @@ func TestDefaultDenyAndInstanceRules(t *testing.T) {
 			{"host ssh", host, "tcp4", hp(a1.addr, 22), false},
 			{"probe", probe.DialContext, "tcp4", hp(a1.addr, 8081), false},
 		})
-		if pings(t, "", a1.addr) {
+		if pings(t, "", a1.addr, false) {
 			t.Error("ping answered after revoke")
 		}
 	})
@@ -424,7 +442,7 @@ func TestClusters(t *testing.T) {
 			{"a1->a2 tcp", fromNS(a1.ns, nil), "tcp4", hp(a2.addr, 41234), true},
 			{"a2->a1 udp", fromNS(a2.ns, nil), "udp4", hp(a1.addr, 7001), true},
 		})
-		if !pings(t, a1.ns, a2.addr) {
+		if !pings(t, a1.ns, a2.addr, true) {
 			t.Error("a1 ping a2 unanswered")
 		}
 	})
@@ -435,7 +453,7 @@ func TestClusters(t *testing.T) {
 			{"b1->a1 udp", fromNS(b1.ns, nil), "udp4", hp(a1.addr, 7000), false},
 			{"a1->b1 tcp", fromNS(a1.ns, nil), "tcp4", hp(b1.addr, 7000), false},
 		})
-		if pings(t, b1.ns, a1.addr) {
+		if pings(t, b1.ns, a1.addr, false) {
 			t.Error("b1 ping a1 answered")
 		}
 	})
@@ -454,7 +472,7 @@ func TestClusters(t *testing.T) {
 			{"probe->a1:7000", probe.DialContext, "tcp4", hp(a1.addr, 7000), false},
 		})
 		// Reply traffic only: a1 still cannot open connections to b1.
-		if reachable(fromNS(a1.ns, nil), "tcp4", hp(b1.addr, 7000)) {
+		if reachable(fromNS(a1.ns, nil), "tcp4", hp(b1.addr, 7000), false) {
 			t.Error("a1->b1 opened by a rule in the other direction")
 		}
 	})
@@ -473,10 +491,10 @@ func TestClusters(t *testing.T) {
 			{"host->a2:7001", fromHost(), "tcp4", hp(a2.addr, 7001), false},
 			{"probe->b1:7001", probe.DialContext, "tcp4", hp(b1.addr, 7001), false},
 		})
-		if !pings(t, b1.ns, a2.addr) {
+		if !pings(t, b1.ns, a2.addr, true) {
 			t.Error("cluster icmp rule from bridge ntbb: b1 ping a2 unanswered")
 		}
-		if pings(t, a1.ns, b1.addr) {
+		if pings(t, a1.ns, b1.addr, false) {
 			t.Error("a1 ping b1 answered (rule was for the other direction)")
 		}
 		if err := n.SetBridgeRules(ctx, "ntba", nil); err != nil {
@@ -499,10 +517,10 @@ func TestClusters(t *testing.T) {
 			{"probe->host", probe.DialContext, "tcp4", hp(n.HostAddr(), 9101), false},
 			{"host->probe", fromHost(), "tcp4", hp(probe.Addr(), 9100), true},
 		})
-		if pings(t, a1.ns, gw) {
+		if pings(t, a1.ns, gw, false) {
 			t.Error("instance ping to its gateway (the router) answered")
 		}
-		if pings(t, a1.ns, n.HostAddr()) {
+		if pings(t, a1.ns, n.HostAddr(), false) {
 			t.Error("instance ping to the host answered")
 		}
 	})
@@ -550,7 +568,7 @@ func TestAntiSpoofing(t *testing.T) {
 	if err := n.SetInstanceRules(ctx, a1.id, a1.addr, []Allow{tcp(7000, netip.MustParsePrefix("10.233.1.0/24"))}); err != nil {
 		t.Fatal(err)
 	}
-	if !reachable(fromNS(a1.ns, nil), "tcp4", hp(a2.addr, 7000)) {
+	if !reachable(fromNS(a1.ns, nil), "tcp4", hp(a2.addr, 7000), true) {
 		t.Fatal("legit a1->a2 blocked")
 	}
 	in1, err := openNS(a1.ns)
@@ -596,10 +614,10 @@ func TestAntiSpoofing(t *testing.T) {
 		defer in1.nl.AddrDel(eth0, &netlink.Addr{IPNet: ipnet(netip.PrefixFrom(forged, 24))})
 		neigh(in2, eth2, forged, eth0.Attrs().HardwareAddr)
 		from := &net.TCPAddr{IP: forged.AsSlice()}
-		if reachable(fromNS(a1.ns, from), "tcp4", hp(a2.addr, 7000)) {
+		if reachable(fromNS(a1.ns, from), "tcp4", hp(a2.addr, 7000), false) {
 			t.Error("forged source 10.233.1.99 reached a2")
 		}
-		if reachable(fromNS(a1.ns, from), "tcp4", hp(n.HostAddr(), 1)) {
+		if reachable(fromNS(a1.ns, from), "tcp4", hp(n.HostAddr(), 1), false) {
 			t.Error("forged source reached the host")
 		}
 		after, err := n.spoofCounts(ctx)
@@ -612,7 +630,7 @@ func TestAntiSpoofing(t *testing.T) {
 		if total, _ := n.SpoofDrops(ctx); total < after["spoof_ip"] {
 			t.Errorf("SpoofDrops = %d, below the IP counter %d", total, after["spoof_ip"])
 		}
-		if !reachable(fromNS(a1.ns, nil), "tcp4", hp(a2.addr, 7000)) {
+		if !reachable(fromNS(a1.ns, nil), "tcp4", hp(a2.addr, 7000), true) {
 			t.Error("legit traffic blocked after the forged attempt")
 		}
 	})
@@ -625,7 +643,7 @@ func TestAntiSpoofing(t *testing.T) {
 			t.Fatal(err)
 		}
 		neigh(in2, eth2, a1.addr, forged)
-		ok := reachable(fromNS(a1.ns, nil), "tcp4", hp(a2.addr, 7000))
+		ok := reachable(fromNS(a1.ns, nil), "tcp4", hp(a2.addr, 7000), false)
 		if err := in1.nl.LinkSetHardwareAddr(eth0, orig); err != nil {
 			t.Fatal(err)
 		}
@@ -637,7 +655,7 @@ func TestAntiSpoofing(t *testing.T) {
 		if after["spoof_mac"] <= before["spoof_mac"] {
 			t.Errorf("spoof_mac counter did not rise: %d -> %d", before["spoof_mac"], after["spoof_mac"])
 		}
-		if !reachable(fromNS(a1.ns, nil), "tcp4", hp(a2.addr, 7000)) {
+		if !reachable(fromNS(a1.ns, nil), "tcp4", hp(a2.addr, 7000), true) {
 			t.Error("legit traffic blocked after the MAC was restored")
 		}
 	})
@@ -653,7 +671,7 @@ func TestAntiSpoofing(t *testing.T) {
 		defer in1.nl.AddrDel(eth0, &netlink.Addr{IPNet: ipnet(netip.PrefixFrom(forged, 24))})
 		in1.nl.NeighDel(&netlink.Neigh{LinkIndex: eth0.Attrs().Index, IP: a2.addr.AsSlice()})
 		defer neigh(in1, eth0, a2.addr, eth2.Attrs().HardwareAddr)
-		if reachable(fromNS(a1.ns, &net.TCPAddr{IP: forged.AsSlice()}), "tcp4", hp(a2.addr, 7000)) {
+		if reachable(fromNS(a1.ns, &net.TCPAddr{IP: forged.AsSlice()}), "tcp4", hp(a2.addr, 7000), false) {
 			t.Error("forged source 10.233.1.98 reached a2")
 		}
 		after, _ := n.spoofCounts(ctx)
@@ -672,7 +690,7 @@ func TestAntiSpoofing(t *testing.T) {
 			t.Errorf("SpoofDrops %d before EnsureRouter, %d after", before, after)
 		}
 		// Rules survive it too.
-		if !reachable(fromNS(a1.ns, nil), "tcp4", hp(a2.addr, 7000)) {
+		if !reachable(fromNS(a1.ns, nil), "tcp4", hp(a2.addr, 7000), true) {
 			t.Error("a1->a2 blocked after EnsureRouter")
 		}
 	})
@@ -692,7 +710,7 @@ func TestAttachIdempotentAndSysctls(t *testing.T) {
 		t.Fatalf("second attach returned %s, first %s", again.ns, a1.ns)
 	}
 	serve(t, a1.ns, "0.0.0.0", 7000)
-	if !reachable(fromHost(), "tcp4", hp(a1.addr, 7000)) {
+	if !reachable(fromHost(), "tcp4", hp(a1.addr, 7000), true) {
 		t.Error("rules lost by a repeated AttachInstance")
 	}
 	var start, v6 string
@@ -809,7 +827,7 @@ func TestPartialState(t *testing.T) {
 	if err := n.SetInstanceRules(ctx, c2.id, c2.addr, []Allow{tcp(7000, netip.PrefixFrom(n.HostAddr(), 32))}); err != nil {
 		t.Fatal(err)
 	}
-	if !reachable(fromHost(), "tcp4", hp(c2.addr, 7000)) {
+	if !reachable(fromHost(), "tcp4", hp(c2.addr, 7000), true) {
 		t.Error("repaired instance unreachable through its rule")
 	}
 	// Re-attaching with a new address moves its bindings and target.
@@ -841,7 +859,7 @@ func TestPartialState(t *testing.T) {
 	if err := n.SetInstanceRules(ctx, c2b.id, c2b.addr, []Allow{tcp(7001, netip.PrefixFrom(n.HostAddr(), 32))}); err != nil {
 		t.Fatal(err)
 	}
-	if !reachable(fromHost(), "tcp4", hp(c2b.addr, 7001)) {
+	if !reachable(fromHost(), "tcp4", hp(c2b.addr, 7001), true) {
 		t.Error("moved instance unreachable through its rule")
 	}
 
