@@ -42,7 +42,7 @@ func TestEgressNAT(t *testing.T) {
 	for _, s := range []struct {
 		h    *nsHandle
 		addr string
-	}{{h, "192.0.2.1/24"}, {w, "192.0.2.2/24"}} {
+	}{{h, "198.51.100.1/24"}, {w, "198.51.100.2/24"}} {
 		for _, name := range []string{"lo", "wan0"} {
 			l, err := s.h.nl.LinkByName(name)
 			if err != nil {
@@ -94,7 +94,7 @@ func TestEgressNAT(t *testing.T) {
 	var l net.Listener
 	if err := InNetNS(wanPath, func() error {
 		var err error
-		l, err = net.Listen("tcp4", "192.0.2.2:9000")
+		l, err = net.Listen("tcp4", "198.51.100.2:9000")
 		return err
 	}); err != nil {
 		t.Fatal(err)
@@ -110,24 +110,24 @@ func TestEgressNAT(t *testing.T) {
 		c.Write([]byte("hi"))
 		c.Close()
 	}()
-	if !reachable(fromNS(a1.ns, nil), "tcp4", "192.0.2.2:9000", true) {
+	if !reachable(fromNS(a1.ns, nil), "tcp4", "198.51.100.2:9000", true) {
 		t.Fatal("instance cannot reach the outside through EgressNAT")
 	}
 	select {
 	case src := <-seen:
-		if src != "192.0.2.1" {
-			t.Errorf("outside saw source %s, want the host's uplink address 192.0.2.1", src)
+		if src != "198.51.100.1" {
+			t.Errorf("outside saw source %s, want the host's uplink address 198.51.100.1", src)
 		}
 	case <-time.After(time.Second):
 		t.Error("listener saw no connection")
 	}
 
 	// The host's other addresses are the host too: closed to instances.
-	serve(t, hostPath, "192.0.2.1", 9001)
-	if reachable(fromNS(a1.ns, nil), "tcp4", "192.0.2.1:9001", false) {
+	serve(t, hostPath, "198.51.100.1", 9001)
+	if reachable(fromNS(a1.ns, nil), "tcp4", "198.51.100.1:9001", false) {
 		t.Error("instance reached a listener on the host's uplink address")
 	}
-	if !reachable(fromNS(hostPath, nil), "tcp4", "192.0.2.1:9001", true) {
+	if !reachable(fromNS(hostPath, nil), "tcp4", "198.51.100.1:9001", true) {
 		t.Fatal("host listener not answering locally; the test is broken")
 	}
 }
