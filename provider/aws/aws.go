@@ -9,6 +9,7 @@ import (
 	"net/netip"
 	"slices"
 	"sync"
+	"time"
 
 	awssdk "github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/aws/ratelimit"
@@ -184,6 +185,9 @@ func (p *Provider) Features() compute.Features {
 		IPv6:             true,
 		EncryptionAtRest: "EBS AES-256 (KMS)",
 		RuleLimit:        ruleLimit,
+		// EC2 applies security group changes to new connections within
+		// seconds but documents no bound; this is a conservative one.
+		RuleChangeLatency: 5 * time.Second,
 	}
 }
 
