@@ -5,13 +5,19 @@
 // the instances.
 //
 // The host's own network namespace gets only the veth "<prefix>-h" to the
-// router, one route for the pool via the router and, with EgressNAT, one nft
-// table "compute_<prefix>" that masquerades the pool's traffic leaving the
-// host's other interfaces.
+// router, one route for the pool via the router, and one nft table
+// "compute_<prefix>": an input guard that drops new connections arriving
+// over "<prefix>-h" (instances and probe hosts never reach the host itself,
+// on any of its addresses) and, with EgressNAT, a masquerade of the pool's
+// traffic leaving the host's other interfaces (plus net.ipv4.ip_forward=1).
 //
-// Ingress rules are nftables set elements (concatenated interval keys), so
-// replacing one target's rules is one atomic netlink batch whose cost does
-// not depend on how many rules other targets have.
+// Ingress rules live in nftables sets with concatenated interval keys, one
+// group of sets per target (instance or cluster), so replacing one target's
+// rules is one atomic netlink batch whose cost does not depend on how many
+// rules other targets have. nft.go has the complete ruleset.
+//
+// Existing connections are not cut when a rule is removed (conntrack keeps
+// them, as cloud security groups do); new ones are refused at once.
 //
 // All methods need root (CAP_NET_ADMIN and CAP_SYS_ADMIN for namespaces).
 package network
@@ -47,7 +53,7 @@ type Config struct {
 	Prefix string
 	// Pool is the IPv4 pool instance subnets come from. Its last /24 is
 	// reserved for the host<->router link (the first /30) and probe hosts
-	// (the following /30s).
+	// (the other 63 /30s).
 	Pool netip.Prefix
 	// EgressNAT masquerades the pool's traffic leaving the host through its
 	// other interfaces (a table in the host's netns). Without it, traffic
@@ -73,7 +79,6 @@ type Network struct {
 	// Derived addresses of the host<->router link.
 	hostAddr   netip.Addr // host end ("<prefix>-h"), .1 of the first /30 of the last /24
 	routerAddr netip.Addr // router end ("host0"), .2
-	linkNet    netip.Prefix
 }
 
 var prefixRE = regexp.MustCompile(`^[a-z]{1,4}$`)
@@ -99,7 +104,6 @@ func New(cfg Config) (*Network, error) {
 	}
 	n := &Network{cfg: cfg, log: log, hostNS: hostNSPath}
 	last := lastSlash24(cfg.Pool)
-	n.linkNet = netip.PrefixFrom(last.Addr(), 30)
 	n.hostAddr = last.Addr().Next()
 	n.routerAddr = n.hostAddr.Next()
 	return n, nil
@@ -140,7 +144,7 @@ func (n *Network) InstanceNetNS(id string) string { return n.instNS(id) }
 
 func nsPath(name string) string { return netnsDir + "/" + name }
 
-// nft opens an nftables connection in the namespace at path. The returned
+// nftIn opens an nftables connection in the namespace at path. The returned
 // func closes the namespace handle; call it after the last Flush.
 func nftIn(path string) (*nftables.Conn, func(), error) {
 	fd, err := unix.Open(path, unix.O_RDONLY|unix.O_CLOEXEC, 0)
@@ -155,8 +159,8 @@ func nftIn(path string) (*nftables.Conn, func(), error) {
 	return c, func() { unix.Close(fd) }, nil
 }
 
-// routerNFT opens nftables in the router, failing with ErrNotFound-free
-// context if EnsureRouter has not run.
+// routerNFT opens nftables in the router; ErrNotFound if EnsureRouter has
+// not run.
 func (n *Network) routerNFT() (*nftables.Conn, func(), error) {
 	if !isNetNSMount(n.routerNS()) {
 		return nil, nil, fmt.Errorf("router namespace %s missing (EnsureRouter not called?): %w", n.routerNS(), compute.ErrNotFound)
