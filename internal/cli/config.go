@@ -96,8 +96,9 @@ type Selection struct {
 // COMPUTE_PROFILE, else the file's current profile. The provider is the
 // --provider flag, else COMPUTE_PROVIDER, else the profile's, else "local".
 // A --provider value that names a profile selects that profile. A profile's
-// settings are used only with its own provider: settings of one provider
-// mean nothing to another.
+// settings are used only with its own provider (settings of one provider
+// mean nothing to another), so --provider local with a current profile for
+// local keeps that profile's settings.
 func (c *Config) Select(providerFlag, profileFlag string, getenv func(string) string) (Selection, error) {
 	profile := firstNonEmpty(profileFlag, getenv("COMPUTE_PROFILE"))
 	if profile != "" {
@@ -112,7 +113,7 @@ func (c *Config) Select(providerFlag, profileFlag string, getenv func(string) st
 			provider = ""
 		}
 	}
-	if profile == "" && provider == "" {
+	if profile == "" {
 		profile = c.Current
 	}
 	var sel Selection

@@ -22,6 +22,10 @@ type Factory struct {
 	Open func(ctx context.Context, name string, settings map[string]string) (compute.Provider, error)
 	// LookPath finds executables (the ssh client); exec.LookPath by default.
 	LookPath func(string) (string, error)
+	// Exec runs a program (argv[0] is its path) on the given streams and
+	// returns its exit status; runProcess by default. It starts the ssh
+	// client.
+	Exec func(ctx context.Context, io *IOStreams, argv []string) (int, error)
 
 	// Host-side features of the local provider, wired by cmd/computectl so
 	// this package does not depend on the local provider's internals. A nil
@@ -100,6 +104,7 @@ func NewFactory(ios *IOStreams) *Factory {
 			return compute.Open(ctx, name, settings)
 		},
 		LookPath: exec.LookPath,
+		Exec:     runProcess,
 	}
 }
 

@@ -49,6 +49,10 @@ type testEnv struct {
 	// provider, when set, is what the registry returns instead of fake
 	// (e.g. fake.Minimal(fake)).
 	setup func(*Factory)
+	// execs records the programs the commands started; each exits with
+	// execCode.
+	execs    [][]string
+	execCode int
 }
 
 func newTestEnv(t *testing.T) *testEnv {
@@ -82,6 +86,12 @@ func (e *testEnv) run(args ...string) result {
 	in.WriteString(e.stdin)
 	f := NewFactory(ios)
 	f.Getenv = func(k string) string { return e.env[k] }
+	// Never start a real ssh (it would dial the fake's addresses).
+	f.LookPath = func(string) (string, error) { return "/usr/bin/ssh", nil }
+	f.Exec = func(ctx context.Context, _ *IOStreams, argv []string) (int, error) {
+		e.execs = append(e.execs, argv)
+		return e.execCode, nil
+	}
 	if e.setup != nil {
 		e.setup(f)
 	}
@@ -135,4 +145,10 @@ func oneLineError(t *testing.T, r result, want string) {
 	if strings.Count(r.stderr, "\n") != 1 || !strings.HasPrefix(r.stderr, "computectl: ") || !strings.Contains(r.stderr, want) {
 		t.Errorf("stderr = %q, want one line \"computectl: ...%s...\"", r.stderr, want)
 	}
+}
+
+func jsonUnmarshal(s string, v any) error {
+	dec := json.NewDecoder(strings.NewReader(s))
+	dec.DisallowUnknownFields()
+	return dec.Decode(v)
 }

@@ -37,7 +37,7 @@ type SSHOptions struct {
 func NewCmdSSH(f *Factory, runF func(*SSHOptions) error) *cobra.Command {
 	opts := &SSHOptions{
 		IO: f.IOStreams, Provider: f.Provider, StateDir: f.StateDir, HomeDir: f.HomeDir,
-		Getenv: f.Getenv, LookPath: f.LookPath, Run: runProcess,
+		Getenv: f.Getenv, LookPath: f.LookPath,
 	}
 	cmd := &cobra.Command{
 		Use:   "ssh NAME|ID [-- COMMAND [ARG...]]",
@@ -62,6 +62,7 @@ this host (computectl create does by default).`,
 			if cmd.ArgsLenAtDash() == 0 {
 				return flagErrorf("usage: computectl ssh NAME|ID [-- COMMAND [ARG...]]")
 			}
+			opts.Run = f.Exec
 			opts.Instance = args[0]
 			// Parsing stops at the instance name, so a "--" after it is
 			// still in args.
