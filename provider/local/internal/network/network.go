@@ -924,6 +924,19 @@ func (n *Network) unbindPort(port, id string) error {
 			return c.SetDeleteElements(&nftables.Set{Table: t, Name: setPortIP, KeyType: typeIfnameIP, Concatenation: true}, []nftables.SetElement{e})
 		})
 	}
+	if len(addrs) == 0 {
+		// No binding and no namespace to tell the address: find the
+		// dispatch element by the chain it jumps to.
+		els, err := dispatchesTo(c, instanceTarget(id, netip.Addr{}).chain)
+		if err != nil {
+			return err
+		}
+		for _, e := range els {
+			if ip, ok := netip.AddrFromSlice(e.Key); ok {
+				addrs = append(addrs, ip)
+			}
+		}
+	}
 	for _, a := range addrs {
 		ops = append(ops, deleteTargetOps(instanceTarget(id, a), true)[0])
 	}

@@ -8,10 +8,12 @@ import (
 	"net/netip"
 	"os"
 	"os/exec"
+	"slices"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/google/nftables"
 	"github.com/vishvananda/netlink"
 	"golang.org/x/net/icmp"
 	"golang.org/x/net/ipv4"
@@ -863,7 +865,59 @@ func TestPartialState(t *testing.T) {
 		t.Error("moved instance unreachable through its rule")
 	}
 
-	for _, id := range []string{"000000c1", "000000c2"} {
+	// A crash mid-detach left c3's dispatch element (10.233.1.20 -> jump
+	// i-000000c3) behind, without its port or namespace; c4 then gets the
+	// same address.
+	attach(t, n, "000000c3", "ntba", "10.233.1.20")
+	r, err := openNS(n.routerNS())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if l, err := r.nl.LinkByName(n.instVeth("000000c3")); err == nil {
+		r.nl.LinkDel(l)
+	}
+	r.Close()
+	deleteNetNS(n.instNS("000000c3"))
+	c, done, err := nftIn(n.routerNS())
+	if err != nil {
+		t.Fatal(err)
+	}
+	macs, ips, _ := portElements(c, n.instVeth("000000c3"))
+	c.SetDeleteElements(&nftables.Set{Table: asTable(), Name: setPortMAC, KeyType: typeIfnameEther, Concatenation: true}, macs)
+	c.SetDeleteElements(&nftables.Set{Table: asTable(), Name: setPortIP, KeyType: typeIfnameIP, Concatenation: true}, ips)
+	if err := c.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	done()
+	if objs, _ := n.Objects(ctx); !slices.Contains(objs, "nft inet compute itargets 10.233.1.20 -> i-000000c3") {
+		t.Errorf("stale dispatch element not listed by Objects: %q", objs)
+	}
+	c4 := attach(t, n, "000000c4", "ntba", "10.233.1.20")
+	serve(t, c4.ns, "0.0.0.0", 7002)
+	if err := n.SetInstanceRules(ctx, c4.id, c4.addr, []Allow{tcp(7002, netip.PrefixFrom(n.HostAddr(), 32))}); err != nil {
+		t.Fatal(err)
+	}
+	if !reachable(fromHost(), "tcp4", hp(c4.addr, 7002), true) {
+		t.Error("instance that took over a stale dispatch address is unreachable through its rule")
+	}
+
+	// The same crash with nobody taking the address: detach finds the
+	// dispatch element by its chain.
+	attach(t, n, "000000c5", "ntba", "10.233.1.21")
+	c, done, err = nftIn(n.routerNS())
+	if err != nil {
+		t.Fatal(err)
+	}
+	macs, ips, _ = portElements(c, n.instVeth("000000c5"))
+	c.SetDeleteElements(&nftables.Set{Table: asTable(), Name: setPortMAC, KeyType: typeIfnameEther, Concatenation: true}, macs)
+	c.SetDeleteElements(&nftables.Set{Table: asTable(), Name: setPortIP, KeyType: typeIfnameIP, Concatenation: true}, ips)
+	if err := c.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	done()
+	deleteNetNS(n.instNS("000000c5"))
+
+	for _, id := range []string{"000000c1", "000000c2", "000000c3", "000000c4", "000000c5"} {
 		if err := n.DetachInstance(ctx, id); err != nil {
 			t.Fatal(err)
 		}

@@ -58,6 +58,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"strings"
 
 	"github.com/google/nftables"
 	"github.com/google/nftables/binaryutil"
@@ -576,4 +577,40 @@ func disjoint(in []box) []box {
 		out = append(out, pieces...)
 	}
 	return out
+}
+
+// verdictChain returns the chain a vmap element jumps to, from the raw
+// NFTA_DATA_VERDICT attribute google/nftables leaves in SetElement.Val
+// (it decodes values, not verdicts): nested NFTA_VERDICT_CODE and
+// NFTA_VERDICT_CHAIN attributes.
+func verdictChain(val []byte) string {
+	for len(val) >= 4 {
+		l := int(binary.NativeEndian.Uint16(val[0:2]))
+		typ := binary.NativeEndian.Uint16(val[2:4]) &^ (unix.NLA_F_NESTED | unix.NLA_F_NET_BYTEORDER)
+		if l < 4 || l > len(val) {
+			return ""
+		}
+		if typ == unix.NFTA_VERDICT_CHAIN {
+			return strings.TrimRight(string(val[4:l]), "\x00")
+		}
+		val = val[(l+3)&^3:]
+	}
+	return ""
+}
+
+// dispatchesTo lists the itargets elements that jump to chain. It costs
+// O(instances) and serves only cleanup of half-made state.
+func dispatchesTo(c *nftables.Conn, chain string) ([]nftables.SetElement, error) {
+	m, _ := target{chain: chain, addr: netip.IPv4Unspecified()}.dispatchElement()
+	els, err := c.GetSetElements(m)
+	if err != nil {
+		return nil, err
+	}
+	var out []nftables.SetElement
+	for _, e := range els {
+		if verdictChain(e.Val) == chain {
+			out = append(out, nftables.SetElement{Key: e.Key})
+		}
+	}
+	return out, nil
 }

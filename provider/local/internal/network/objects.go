@@ -133,7 +133,7 @@ func (n *Network) routerObjects() ([]string, error) {
 			}
 			for _, e := range els {
 				if len(e.Key) == 4 {
-					out = append(out, fmt.Sprintf("nft inet compute %s %s", name, netip.AddrFrom4([4]byte(e.Key))))
+					out = append(out, fmt.Sprintf("nft inet compute %s %s -> %s", name, netip.AddrFrom4([4]byte(e.Key)), verdictChain(e.Val)))
 				}
 			}
 		}
