@@ -1,4 +1,6 @@
 package main
 
 // Providers compiled into computectl register themselves on import.
-import ()
+import (
+	_ "github.com/compute-sdk/compute/provider/aws"
+)

@@ -147,7 +147,7 @@ func TestProgressOnlyOnTerminalTable(t *testing.T) {
 			e.setup = func(f *Factory) {
 				f.IOStreams.ErrTTY = tc.errTTY
 				// A build slow enough for the spinner to draw.
-				f.BuildImage = func(ctx context.Context, o ImageBuildOptions) (*ImageInfo, error) {
+				f.BuildImage = func(ctx context.Context, _ Selection, o ImageBuildOptions) (*ImageInfo, error) {
 					o.Step("debootstrap")
 					time.Sleep(250 * time.Millisecond)
 					return &ImageInfo{Name: "debian-bookworm", Path: "/x", Built: true}, nil
@@ -182,7 +182,12 @@ func TestHostHooks(t *testing.T) {
 		{Name: "ssh/login", Status: "pass"}, {Name: "deny/tcp", Status: "fail", Reason: "port 4242 answered"}, {Name: "deny/dnat", Status: "skip", Reason: "n/a"},
 	}}
 	e.setup = func(f *Factory) {
-		f.Doctor = func(context.Context) ([]DoctorCheck, error) { return checks, nil }
+		f.Doctor = func(_ context.Context, sel Selection) ([]DoctorCheck, error) {
+			if sel.Provider != testProvider {
+				t.Errorf("doctor got selection %+v", sel)
+			}
+			return checks, nil
+		}
 		f.Verify = func(ctx context.Context, p compute.Provider, o VerifyOptions) (*VerifyReport, error) {
 			gotOpts = o
 			if p.Name() != testProvider {

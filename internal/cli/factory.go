@@ -30,8 +30,10 @@ type Factory struct {
 	// Host-side features of the local provider, wired by cmd/computectl so
 	// this package does not depend on the local provider's internals. A nil
 	// hook makes its command fail with a clear error.
-	Doctor     func(ctx context.Context) ([]DoctorCheck, error)
-	BuildImage func(ctx context.Context, opts ImageBuildOptions) (*ImageInfo, error)
+	// Doctor and BuildImage get the selected provider and settings (the
+	// state root and image directory of a local profile).
+	Doctor     func(ctx context.Context, sel Selection) ([]DoctorCheck, error)
+	BuildImage func(ctx context.Context, sel Selection, opts ImageBuildOptions) (*ImageInfo, error)
 	Verify     func(ctx context.Context, p compute.Provider, opts VerifyOptions) (*VerifyReport, error)
 
 	// Global flags, bound by the root command.

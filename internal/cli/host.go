@@ -33,14 +33,16 @@ builds it ahead of time, or rebuilds it with --force.`,
 type ImageBuildCmdOptions struct {
 	IO      *IOStreams
 	Printer func() *Printer
-	Build   func(context.Context, ImageBuildOptions) (*ImageInfo, error)
+	Build   func(context.Context, Selection, ImageBuildOptions) (*ImageInfo, error)
+	// Selection returns the selected provider and settings.
+	Selection func() (Selection, error)
 
 	Force bool
 }
 
 // NewCmdImageBuild builds `computectl image build`.
 func NewCmdImageBuild(f *Factory, runF func(*ImageBuildCmdOptions) error) *cobra.Command {
-	opts := &ImageBuildCmdOptions{IO: f.IOStreams, Printer: f.Printer}
+	opts := &ImageBuildCmdOptions{IO: f.IOStreams, Printer: f.Printer, Selection: f.Selection}
 	cmd := &cobra.Command{
 		Use:   "build",
 		Short: "Build (or rebuild) the local instance image",
@@ -65,9 +67,13 @@ func imageBuildRun(ctx context.Context, opts *ImageBuildCmdOptions) error {
 	if opts.Build == nil {
 		return fmt.Errorf("image build: this computectl was built without the local provider's image builder: %w", compute.ErrUnsupported)
 	}
+	sel, err := opts.Selection()
+	if err != nil {
+		return err
+	}
 	prog := opts.IO.StartProgress("building image")
 	defer prog.Stop()
-	info, err := opts.Build(ctx, ImageBuildOptions{Force: opts.Force, Step: prog.Step})
+	info, err := opts.Build(ctx, sel, ImageBuildOptions{Force: opts.Force, Step: prog.Step})
 	if err != nil {
 		return err
 	}
@@ -90,12 +96,14 @@ func imageBuildRun(ctx context.Context, opts *ImageBuildCmdOptions) error {
 type DoctorOptions struct {
 	IO      *IOStreams
 	Printer func() *Printer
-	Doctor  func(context.Context) ([]DoctorCheck, error)
+	Doctor  func(context.Context, Selection) ([]DoctorCheck, error)
+	// Selection returns the selected provider and settings.
+	Selection func() (Selection, error)
 }
 
 // NewCmdDoctor builds `computectl doctor`.
 func NewCmdDoctor(f *Factory, runF func(*DoctorOptions) error) *cobra.Command {
-	opts := &DoctorOptions{IO: f.IOStreams, Printer: f.Printer}
+	opts := &DoctorOptions{IO: f.IOStreams, Printer: f.Printer, Selection: f.Selection}
 	return &cobra.Command{
 		Use:   "doctor",
 		Short: "Check that this host can run local instances",
@@ -119,7 +127,11 @@ func doctorRun(ctx context.Context, opts *DoctorOptions) error {
 	if opts.Doctor == nil {
 		return fmt.Errorf("doctor: this computectl was built without the local provider: %w", compute.ErrUnsupported)
 	}
-	checks, err := opts.Doctor(ctx)
+	sel, err := opts.Selection()
+	if err != nil {
+		return err
+	}
+	checks, err := opts.Doctor(ctx, sel)
 	if err != nil {
 		return err
 	}
