@@ -87,11 +87,10 @@ func TestAuditCatchesInjectedFaults(t *testing.T) {
 			f := newFakeEC2(t)
 			p := newTestProvider(t, f, withRewrite(tt.fault))
 			ctx := t.Context()
-			cl, err := p.CreateCluster(ctx, compute.ClusterSpec{Name: "c"})
-			if err != nil {
+			if _, err := p.CreateCluster(ctx, compute.ClusterSpec{Name: "c"}); err != nil {
 				t.Fatal(err)
 			}
-			_, err = p.CreateInstance(ctx, compute.InstanceSpec{
+			_, err := p.CreateInstance(ctx, compute.InstanceSpec{
 				Name: "a", Cluster: "c", SSHKeys: []string{testKey(t)},
 				Rules: []compute.RuleSpec{mustParse(t, "tcp:8080 from 10.0.0.0/8")},
 			})
@@ -109,7 +108,6 @@ func TestAuditCatchesInjectedFaults(t *testing.T) {
 				t.Fatal(err)
 			}
 			isg := f.groupByName(instanceGroupName("test-owner", "a"))
-			_ = cl
 			v := f.audit(map[string][]string{isg.ID: {"tcp|8080|8080|10.0.0.0/8", "tcp|9090|9090|10.0.0.0/8"}})
 			if tt.want == "" {
 				if len(v) != 0 {

@@ -1,8 +1,6 @@
 package aws
 
 import (
-	"bytes"
-	"context"
 	"crypto/ed25519"
 	"crypto/rand"
 	"fmt"
@@ -262,18 +260,12 @@ func (f *fakeEC2) audit(want map[string][]string) []string {
 }
 
 func opens22(short string) bool {
-	var proto, src string
-	var from, to int
 	parts := strings.SplitN(short, "|", 4)
 	if len(parts) != 4 {
 		return false
 	}
-	proto, src = parts[0], parts[3]
+	var from, to int
 	fmt.Sscan(parts[1], &from)
 	fmt.Sscan(parts[2], &to)
-	_ = src
-	return proto == "-1" || (proto == "tcp" && from <= 22 && to >= 22)
+	return parts[0] == "-1" || (parts[0] == "tcp" && from <= 22 && to >= 22)
 }
-
-var _ = bytes.NewReader
-var _ = context.Background
