@@ -935,3 +935,93 @@ func TestPartialState(t *testing.T) {
 		t.Errorf("Instances after detach = %v", ids)
 	}
 }
+
+func TestProbeHost(t *testing.T) {
+	n := newTestNetwork(t)
+	ctx := context.Background()
+	ensureBridge(t, n, "ntba", "10.233.1.0/24")
+	a1 := attach(t, n, "000000a1", "ntba", "10.233.1.11")
+	p1, err := n.AttachProbeHost(ctx, "one")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p2, err := n.AttachProbeHost(ctx, "two")
+	if err != nil {
+		t.Fatal(err)
+	}
+	again, err := n.AttachProbeHost(ctx, "one")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if again.Addr() != p1.Addr() || p1.Addr() == p2.Addr() {
+		t.Errorf("probe addresses: one=%s one again=%s two=%s", p1.Addr(), again.Addr(), p2.Addr())
+	}
+	last := netip.MustParsePrefix("10.233.255.0/24")
+	for _, p := range []*ProbeHost{p1, p2} {
+		if !last.Contains(p.Addr()) || netip.PrefixFrom(p.Addr(), 30).Masked() == netip.MustParsePrefix("10.233.255.0/30") {
+			t.Errorf("probe address %s not on its own /30 of %s", p.Addr(), last)
+		}
+	}
+	if _, err := n.AttachProbeHost(ctx, "Bad-Name"); !errors.Is(err, compute.ErrInvalidArgument) {
+		t.Errorf("bad probe name: %v", err)
+	}
+
+	// Listen / ListenPacket open sockets inside the probe host.
+	l, err := p1.Listen(ctx, "tcp4", ":9200")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			c.Write([]byte("hi"))
+			c.Close()
+		}
+	}()
+	pc, err := p1.ListenPacket(ctx, "udp4", ":9200")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pc.Close()
+	go func() {
+		buf := make([]byte, 64)
+		for {
+			_, from, err := pc.ReadFrom(buf)
+			if err != nil {
+				return
+			}
+			pc.WriteTo([]byte("hi"), from)
+		}
+	}()
+	checkReach(t, []reach{
+		{"a1->p1 tcp", fromNS(a1.ns, nil), "tcp4", hp(p1.Addr(), 9200), true},
+		{"a1->p1 udp", fromNS(a1.ns, nil), "udp4", hp(p1.Addr(), 9200), true},
+		{"p2->p1 tcp (outside to outside)", p2.DialContext, "tcp4", hp(p1.Addr(), 9200), true},
+		// The listener is in p1's namespace, not the host's.
+		{"host loopback", fromHost(), "tcp4", "127.0.0.1:9200", false},
+	})
+	raw, err := p1.ListenPacket(ctx, "ip4:icmp", "0.0.0.0")
+	if err != nil {
+		t.Fatalf("raw icmp socket in probe host: %v", err)
+	}
+	raw.Close()
+
+	for range 2 {
+		if err := p1.Close(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := p2.Close(); err != nil {
+		t.Fatal(err)
+	}
+	objs, _ := n.Objects(ctx)
+	for _, o := range objs {
+		if strings.Contains(o, "one") || strings.Contains(o, "two") {
+			t.Errorf("left after probe Close: %q", o)
+		}
+	}
+}
