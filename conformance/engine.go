@@ -146,6 +146,18 @@ func run(ctx context.Context, p compute.Provider, opts Options, emit func(Result
 	return rep, err
 }
 
+// abbreviate keeps the first line of s, at most n bytes of it.
+func abbreviate(s string, n int) string {
+	s, _, cut := strings.Cut(s, "\n")
+	if len(s) > n {
+		s, cut = s[:n], true
+	}
+	if cut {
+		s += " ..."
+	}
+	return s
+}
+
 func randHex(n int) string {
 	b := make([]byte, n)
 	cryptoRead(b)
@@ -245,7 +257,7 @@ func (s *suite) finish(err error) {
 		}
 		reason := "not run"
 		if err != nil {
-			reason = "not run: " + err.Error()
+			reason = "not run: " + abbreviate(err.Error(), 240)
 		}
 		s.record(Result{Name: n, Status: StatusFail, Reason: reason})
 	}
