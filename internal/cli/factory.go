@@ -2,6 +2,7 @@ package cli
 
 import (
 	"context"
+	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -77,6 +78,9 @@ type VerifyOptions struct {
 	Image, Type string
 	Only        []string
 	Timeout     time.Duration
+	// CallerPrefixes are the addresses instances see this host as, for
+	// providers that cannot tell (empty: ask the provider).
+	CallerPrefixes []netip.Prefix
 	// Step reports the check running now, for the progress display.
 	Step func(string)
 }

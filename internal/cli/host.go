@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"net/netip"
 	"runtime"
 	"runtime/debug"
 	"strings"
@@ -290,6 +291,7 @@ type VerifyCmdOptions struct {
 	Only        []string
 	Image, Type string
 	Timeout     time.Duration
+	Callers     []string
 }
 
 // NewCmdVerify builds `computectl verify`.
@@ -321,7 +323,8 @@ Exits with code 1 when any check fails. Skipped checks say why.`,
 	cmd.Flags().StringArrayVar(&opts.Only, "only", nil, "run only checks whose name starts with this prefix (repeatable)")
 	cmd.Flags().StringVar(&opts.Image, "image", "", "image for the test instances")
 	cmd.Flags().StringVar(&opts.Type, "type", "", "instance type for the test instances")
-	cmd.Flags().DurationVar(&opts.Timeout, "timeout", 20*time.Minute, "give up after this long")
+	cmd.Flags().DurationVar(&opts.Timeout, "timeout", 15*time.Minute, "give up after this long")
+	cmd.Flags().StringArrayVar(&opts.Callers, "caller-cidr", nil, "this host's address as instances see it, for providers that cannot tell (repeatable)")
 	return cmd
 }
 
@@ -332,12 +335,20 @@ func verifyRun(ctx context.Context, opts *VerifyCmdOptions) error {
 	if opts.Timeout <= 0 {
 		return compute.InvalidField("--timeout", opts.Timeout.String(), "must be positive")
 	}
+	var callers []netip.Prefix
+	for _, c := range opts.Callers {
+		p, err := netip.ParsePrefix(c)
+		if err != nil || p != p.Masked() {
+			return compute.InvalidField("--caller-cidr", c, "must be a canonical CIDR such as 192.0.2.10/32")
+		}
+		callers = append(callers, p)
+	}
 	p, err := opts.Provider(ctx)
 	if err != nil {
 		return err
 	}
 	prog := opts.IO.StartProgress("verifying " + p.Name())
-	rep, err := opts.Verify(ctx, p, VerifyOptions{Image: opts.Image, Type: opts.Type, Only: opts.Only, Timeout: opts.Timeout, Step: prog.Step})
+	rep, err := opts.Verify(ctx, p, VerifyOptions{Image: opts.Image, Type: opts.Type, Only: opts.Only, Timeout: opts.Timeout, CallerPrefixes: callers, Step: prog.Step})
 	prog.Stop()
 	if err != nil {
 		return err
