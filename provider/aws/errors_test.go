@@ -3,6 +3,7 @@ package aws
 import (
 	"context"
 	"errors"
+	"slices"
 	"testing"
 
 	"github.com/aws/smithy-go"
@@ -109,8 +110,11 @@ func TestMappedErrorsOnTheWire(t *testing.T) {
 				}
 			}
 			codes := []string{tt.code}
-			if tt.code == "RequestLimitExceeded" {
-				codes = []string{tt.code, tt.code, tt.code}
+			switch tt.code {
+			case "RequestLimitExceeded":
+				codes = []string{tt.code, tt.code, tt.code} // every SDK attempt
+			case "InvalidPermission.Duplicate":
+				codes = []string{tt.code, tt.code} // apply converges once more after a race
 			}
 			f.failNext(tt.action, codes...)
 			var err error
@@ -161,5 +165,25 @@ func TestThrottlingRetried(t *testing.T) {
 	}
 	if list, _ := p.ListInstances(ctx, compute.ListOptions{}); len(list) != 1 || list[0].ID != inst.ID {
 		t.Errorf("instances = %v", list)
+	}
+}
+
+// TestApplyConvergesAfterARace: a concurrent change that makes one
+// Authorize fail with InvalidPermission.Duplicate is absorbed by reading
+// the group again.
+func TestApplyConvergesAfterARace(t *testing.T) {
+	f := newFakeEC2(t)
+	p := newTestProvider(t, f)
+	cl, err := p.CreateCluster(t.Context(), compute.ClusterSpec{Name: "c"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.failNext("AuthorizeSecurityGroupIngress", "InvalidPermission.Duplicate")
+	if _, err := p.AddRule(t.Context(), compute.ClusterTarget("c"), mustParse(t, "tcp:80 from 192.0.2.0/24")); err != nil {
+		t.Fatalf("AddRule: %v", err)
+	}
+	want := []string{"-1|-1|-1|sg:" + cl.ID, "tcp|80|80|192.0.2.0/24"}
+	if got := f.ingress(cl.ID); !slices.Equal(got, want) {
+		t.Errorf("ingress = %v, want %v", got, want)
 	}
 }

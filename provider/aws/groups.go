@@ -84,8 +84,9 @@ func (p *Provider) clusterGroups(ctx context.Context) (map[string]group, error) 
 
 // createGroup creates a security group with the given tags. If a group of
 // that name exists already and is ours with the same compute:kind (a
-// retried create), it is returned instead.
-func (p *Provider) createGroup(ctx context.Context, name, desc string, tags map[string]string) (group, error) {
+// retried or concurrent create), it is returned instead, with created
+// false.
+func (p *Provider) createGroup(ctx context.Context, name, desc string, tags map[string]string) (g group, created bool, err error) {
 	in := &ec2.CreateSecurityGroupInput{
 		GroupName:         awssdk.String(name),
 		Description:       awssdk.String(desc),
@@ -96,21 +97,21 @@ func (p *Provider) createGroup(ctx context.Context, name, desc string, tags map[
 	}
 	out, err := p.ec2.CreateSecurityGroup(ctx, in)
 	if err == nil {
-		return group{ID: awssdk.ToString(out.GroupId), Name: name, VPC: p.cfg.VPCID, Tags: tags}, nil
+		return group{ID: awssdk.ToString(out.GroupId), Name: name, VPC: p.cfg.VPCID, Tags: tags}, true, nil
 	}
 	if apiCode(err) != "InvalidGroup.Duplicate" {
-		return group{}, mapErr("create security group "+name, err)
+		return group{}, false, mapErr("create security group "+name, err)
 	}
 	gs, derr := p.describeGroups(ctx, true, filter("group-name", name))
 	if derr != nil {
-		return group{}, derr
+		return group{}, false, derr
 	}
 	for _, g := range gs {
 		if g.Tags[tagOwner] == p.cfg.Owner && g.Tags[tagKind] == tags[tagKind] {
-			return g, nil
+			return g, false, nil
 		}
 	}
-	return group{}, fmt.Errorf("aws: security group %q exists and is not this provider's: %w", name, compute.ErrConflict)
+	return group{}, false, fmt.Errorf("aws: security group %q exists and is not this provider's: %w", name, compute.ErrConflict)
 }
 
 // maxDeleteAttempts bounds the DependencyViolation retries of deleteGroup.
@@ -198,9 +199,13 @@ func (p *Provider) CreateCluster(ctx context.Context, spec compute.ClusterSpec) 
 	for k, v := range spec.Labels {
 		tags[tagLabelPrefix+k] = v
 	}
-	g, err := p.createGroup(ctx, clusterGroupName(spec.Name), "compute cluster "+spec.Name, tags)
+	g, created, err := p.createGroup(ctx, clusterGroupName(spec.Name), "compute cluster "+spec.Name, tags)
 	if err != nil {
 		return nil, err
+	}
+	if !created {
+		// A concurrent CreateCluster of the same name won the race.
+		return nil, fmt.Errorf("aws: cluster %q exists: %w", spec.Name, compute.ErrConflict)
 	}
 	tg := targetGroup{target: compute.ClusterTarget(spec.Name), group: g, cluster: spec.Name}
 	if err := p.apply(ctx, tg, nil, true); err != nil {

@@ -256,13 +256,17 @@ func (p *Provider) CreateInstance(ctx context.Context, spec compute.InstanceSpec
 	if spec.Cluster != "" {
 		tags[tagCluster] = spec.Cluster
 	}
-	sg, err := p.createGroup(ctx, instanceGroupName(p.cfg.Owner, key), "compute instance "+spec.Name, tags)
+	sg, created, err := p.createGroup(ctx, instanceGroupName(p.cfg.Owner, key), "compute instance "+spec.Name, tags)
 	if err != nil {
 		return nil, err
 	}
 	// From here on, a failure removes the group again: a create that fails
-	// leaves nothing behind.
+	// leaves nothing behind. A group a concurrent create of the same key
+	// made is that create's to clean up.
 	fail := func(err error) (*compute.Instance, error) {
+		if !created {
+			return nil, err
+		}
 		if derr := p.deleteGroup(context.WithoutCancel(ctx), sg.ID); derr != nil {
 			p.log.Warn("cleanup after a failed create", "group", sg.ID, "err", derr)
 		}

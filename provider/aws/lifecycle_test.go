@@ -245,3 +245,50 @@ func TestParseHostKeysLastBlock(t *testing.T) {
 		t.Errorf("an unterminated block gave %v", keys)
 	}
 }
+
+// TestConcurrentCreateSameRefID: creates racing on one RefID launch one
+// instance and all return it.
+func TestConcurrentCreateSameRefID(t *testing.T) {
+	f := newFakeEC2(t)
+	p := newTestProvider(t, f)
+	spec := compute.InstanceSpec{Name: "a", RefID: "same", SSHKeys: []string{testKey(t)},
+		Rules: []compute.RuleSpec{mustParse(t, "tcp:443 from 192.0.2.0/24")}}
+	const n = 4
+	ids := make(chan string, n)
+	errs := make(chan error, n)
+	for range n {
+		go func() {
+			inst, err := p.CreateInstance(t.Context(), spec)
+			if err != nil {
+				errs <- err
+				return
+			}
+			ids <- inst.ID
+		}()
+	}
+	var got []string
+	for range n {
+		select {
+		case err := <-errs:
+			t.Errorf("CreateInstance: %v", err)
+		case id := <-ids:
+			got = append(got, id)
+		}
+	}
+	for _, id := range got {
+		if id != got[0] {
+			t.Errorf("concurrent creates returned %v", got)
+			break
+		}
+	}
+	f.mu.Lock()
+	count := len(f.instances)
+	f.mu.Unlock()
+	if count != 1 {
+		t.Errorf("%d instances launched, want 1", count)
+	}
+	isg := f.groupByName(instanceGroupName("test-owner", "same"))
+	if v := f.audit(map[string][]string{isg.ID: {"tcp|443|443|192.0.2.0/24"}}); len(v) > 0 {
+		t.Errorf("audit: %v", v)
+	}
+}

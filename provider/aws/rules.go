@@ -433,8 +433,20 @@ func (p *Provider) plan(tg targetGroup, rules []compute.FirewallRule, clusters m
 
 // apply converges tg's group to exactly rules: it authorizes the missing
 // native rules, revokes the extra ones and fixes the definition tags of
-// those that stay. When nothing differs it sends no write request.
+// those that stay. When nothing differs it sends no write request. When a
+// concurrent change got there first (a duplicate or a vanished rule), it
+// reads the group again and converges once more.
 func (p *Provider) apply(ctx context.Context, tg targetGroup, rules []compute.FirewallRule, withDefs bool) error {
+	err := p.applyOnce(ctx, tg, rules, withDefs)
+	switch apiCode(err) {
+	case "InvalidPermission.Duplicate", "InvalidSecurityGroupRuleId.NotFound", "InvalidPermission.NotFound":
+		p.log.Debug("rules changed concurrently; converging again", "target", tg.target, "err", err)
+		return p.applyOnce(ctx, tg, rules, withDefs)
+	}
+	return err
+}
+
+func (p *Provider) applyOnce(ctx context.Context, tg targetGroup, rules []compute.FirewallRule, withDefs bool) error {
 	clusters, err := p.clusterGroups(ctx)
 	if err != nil {
 		return err
