@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/compute-sdk/compute"
 	"github.com/spf13/cobra"
@@ -31,6 +32,9 @@ type SSHOptions struct {
 	Identity string
 	User     string
 	Print    bool // print the ssh command line instead of running it
+	// ConnectTimeout bounds the TCP connect: a closed port drops packets
+	// (default deny), which would otherwise hang for minutes.
+	ConnectTimeout time.Duration
 }
 
 // NewCmdSSH builds `computectl ssh`.
@@ -82,6 +86,7 @@ this host (computectl create does by default).`,
 	cmd.Flags().StringVarP(&opts.Identity, "identity", "i", "", "private key file (default: ssh's defaults and agent)")
 	cmd.Flags().StringVarP(&opts.User, "login", "l", "", "user to log in as (default: the provider's)")
 	cmd.Flags().BoolVar(&opts.Print, "print", false, "print the ssh command instead of running it")
+	cmd.Flags().DurationVar(&opts.ConnectTimeout, "connect-timeout", 30*time.Second, "give up connecting after this long")
 	// Flags after the instance name belong to the remote command.
 	cmd.Flags().SetInterspersed(false)
 	return cmd
@@ -137,7 +142,7 @@ func sshRun(ctx context.Context, opts *SSHOptions) error {
 		}
 		return nativeSSH(ctx, opts, info)
 	}
-	argv := sshArgv(sshPath, info, khFile, opts.Identity, opts.Command)
+	argv := sshArgv(sshPath, info, khFile, opts.Identity, opts.ConnectTimeout, opts.Command)
 	if opts.Print {
 		quoted := make([]string, len(argv))
 		for i, a := range argv {
@@ -150,8 +155,15 @@ func sshRun(ctx context.Context, opts *SSHOptions) error {
 	if err != nil {
 		return err
 	}
-	if code != 0 {
-		// ssh (or the remote command) has printed why; pass its status on.
+	switch code {
+	case 0:
+	case 255:
+		// OpenSSH's own failures (connect, auth, host key) exit 255; it has
+		// printed why, this says where to look.
+		return &ExitCodeError{Code: code, Message: fmt.Sprintf(
+			"ssh to %s (%s) failed; is tcp:22 open to this host? see computectl firewall list %s", inst.Name, info.Addr(), inst.ID)}
+	default:
+		// The remote command's status, passed on.
 		return &ExitCodeError{Code: code}
 	}
 	return nil
@@ -186,7 +198,7 @@ func writeKnownHosts(stateDir, id string, info compute.SSHInfo) (string, error) 
 // sshArgv is the OpenSSH command line. Every option that touches host
 // verification is set explicitly, because command line options override
 // ~/.ssh/config and a user's "StrictHostKeyChecking no" must not apply.
-func sshArgv(sshPath string, info compute.SSHInfo, knownHosts, identity string, command []string) []string {
+func sshArgv(sshPath string, info compute.SSHInfo, knownHosts, identity string, connectTimeout time.Duration, command []string) []string {
 	port := info.Port
 	if port == 0 {
 		port = 22
@@ -202,6 +214,7 @@ func sshArgv(sshPath string, info compute.SSHInfo, knownHosts, identity string, 
 		// The server is key-only; never offer a password prompt.
 		"-o", "PasswordAuthentication=no",
 		"-o", "KbdInteractiveAuthentication=no",
+		"-o", "ConnectTimeout=" + strconv.Itoa(max(1, int(connectTimeout.Seconds()))),
 		"-p", strconv.Itoa(port),
 		"-l", info.User,
 	}

@@ -33,8 +33,9 @@ func nativeSSH(ctx context.Context, opts *SSHOptions, info compute.SSHInfo) erro
 		Auth:              auth,
 		HostKeyCallback:   hostKeyCallback,
 		HostKeyAlgorithms: info.HostKeyAlgorithms(),
+		Timeout:           opts.ConnectTimeout,
 	}
-	var d net.Dialer
+	d := net.Dialer{Timeout: opts.ConnectTimeout}
 	conn, err := d.DialContext(ctx, "tcp", info.Addr())
 	if err != nil {
 		return err

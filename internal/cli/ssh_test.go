@@ -44,6 +44,7 @@ func TestSSHRunsOpenSSHWithStrictHostKeys(t *testing.T) {
 		"-o", "HostKeyAlgorithms=ssh-ed25519",
 		"-o", "PasswordAuthentication=no",
 		"-o", "KbdInteractiveAuthentication=no",
+		"-o", "ConnectTimeout=30",
 		"-p", "22", "-l", "root", "--", inst.SSH.Host, "echo", "-n", "hi"}
 	if len(e.execs) != 1 || !slices.Equal(e.execs[0], want) {
 		t.Errorf("started %q\nwant\n%q", e.execs, want)
@@ -56,6 +57,15 @@ func TestSSHRunsOpenSSHWithStrictHostKeys(t *testing.T) {
 	if fi, _ := os.Stat(filepath.Dir(kh)); fi.Mode().Perm() != 0o700 {
 		t.Errorf("known_hosts.d mode %v", fi.Mode())
 	}
+
+	// 255 is OpenSSH's own failure: one line pointing at the rules.
+	e.execCode = 255
+	r = e.run("ssh", "web")
+	if r.code != 255 {
+		t.Errorf("ssh failure: exit %d, want 255", r.code)
+	}
+	oneLineError(t, r, "is tcp:22 open to this host")
+	e.execs = e.execs[:1]
 
 	r = e.run("ssh", "--print", "-l", "admin", "-i", "/dev/null", "web")
 	if r.code != 0 || !strings.Contains(r.stdout, "StrictHostKeyChecking=yes") || !strings.Contains(r.stdout, "-l admin") ||
