@@ -6,6 +6,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/compute-sdk/compute"
 )
@@ -290,5 +291,44 @@ func TestConcurrentCreateSameRefID(t *testing.T) {
 	isg := f.groupByName(instanceGroupName("test-owner", "same"))
 	if v := f.audit(map[string][]string{isg.ID: {"tcp|443|443|192.0.2.0/24"}}); len(v) > 0 {
 		t.Errorf("audit: %v", v)
+	}
+}
+
+// TestCreateFailingAfterLaunchCleansUp: when storing the rules fails after
+// the instance launched, the instance is terminated and its group deleted.
+func TestCreateFailingAfterLaunchCleansUp(t *testing.T) {
+	f := newFakeEC2(t)
+	p := newTestProvider(t, f)
+	f.failNext("CreateTags", "UnauthorizedOperation")
+	_, err := p.CreateInstance(t.Context(), compute.InstanceSpec{Name: "a", SSHKeys: []string{testKey(t)},
+		Rules: []compute.RuleSpec{mustParse(t, "tcp:443 from 192.0.2.0/24")}})
+	if !errors.Is(err, compute.ErrPrecondition) {
+		t.Fatalf("err = %v, want ErrPrecondition", err)
+	}
+	if n := len(f.callsOf("TerminateInstances")); n != 1 {
+		t.Errorf("TerminateInstances calls = %d, want 1", n)
+	}
+	if inv, err := p.Inventory(t.Context()); err != nil || len(inv) != 0 {
+		t.Errorf("left behind: %v, %v", inv, err)
+	}
+}
+
+func TestGCGrace(t *testing.T) {
+	f := newFakeEC2(t)
+	p := newTestProvider(t, f, func(c *Config) { c.GCGrace = time.Hour })
+	// A group from a create in progress (or crashed a moment ago).
+	if _, _, err := p.createGroup(t.Context(), instanceGroupName("test-owner", "k"), "compute instance x", map[string]string{
+		tagOwner: "test-owner", tagKind: kindInstance, tagRefID: "k", tagCreated: time.Now().UTC().Format(time.RFC3339),
+	}); err != nil {
+		t.Fatal(err)
+	}
+	rep, err := p.GC(t.Context())
+	if err != nil || len(rep.Removed) != 0 {
+		t.Errorf("GC removed a young group: %v, %v", rep, err)
+	}
+	p.cfg.GCGrace = -1
+	rep, err = p.GC(t.Context())
+	if err != nil || len(rep.Removed) != 1 {
+		t.Errorf("GC without grace = %v, %v; want the orphan removed", rep, err)
 	}
 }
