@@ -8,11 +8,13 @@ import (
 	"net/netip"
 	"slices"
 	"sort"
+	"strconv"
 	"time"
 
 	awssdk "github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/service/ec2"
 	"github.com/aws/aws-sdk-go-v2/service/ec2/types"
+	"golang.org/x/crypto/ssh"
 
 	"github.com/compute-sdk/compute"
 	"github.com/compute-sdk/compute/policy"
@@ -109,7 +111,28 @@ func (p *Provider) instanceOf(in types.Instance) *compute.Instance {
 	p.mu.Lock()
 	inst.SSH.HostKeys = slices.Clone(p.hostKeys[inst.ID])
 	p.mu.Unlock()
+	if len(inst.SSH.HostKeys) == 0 {
+		inst.SSH.HostKeys = hostKeysFromTags(tags)
+	}
 	return inst
+}
+
+// hostKeysFromTags reads the host keys a previous GetInstance stored on
+// the instance. The console keeps only recent output, so after a reboot or
+// a long uptime the tags are where the keys still are.
+func hostKeysFromTags(tags map[string]string) []compute.HostKey {
+	var keys []compute.HostKey
+	for i := 1; ; i++ {
+		v, ok := tags[tagHostKeyPrefix+strconv.Itoa(i)]
+		if !ok {
+			return keys
+		}
+		pub, _, _, _, err := ssh.ParseAuthorizedKey([]byte(v))
+		if err != nil {
+			continue
+		}
+		keys = append(keys, compute.HostKeyOf(pub))
+	}
 }
 
 // fillHostKeys reads the instance's host keys from its console output
@@ -117,6 +140,8 @@ func (p *Provider) instanceOf(in types.Instance) *compute.Instance {
 // that verify (as they must) refuse it.
 func (p *Provider) fillHostKeys(ctx context.Context, inst *compute.Instance) {
 	if len(inst.SSH.HostKeys) > 0 || inst.Status != compute.StatusRunning {
+		// Known already (in memory or in the instance's tags), or the
+		// console is not worth reading yet.
 		return
 	}
 	out, err := p.ec2.GetConsoleOutput(ctx, &ec2.GetConsoleOutputInput{InstanceId: awssdk.String(inst.ID)})
@@ -137,6 +162,15 @@ func (p *Provider) fillHostKeys(ctx context.Context, inst *compute.Instance) {
 	p.hostKeys[inst.ID] = keys
 	p.mu.Unlock()
 	inst.SSH.HostKeys = slices.Clone(keys)
+	tags := map[string]string{}
+	for i, k := range keys {
+		if len(k.PublicKey) <= maxTagValue {
+			tags[tagHostKeyPrefix+strconv.Itoa(i+1)] = k.PublicKey
+		}
+	}
+	if _, err := p.ec2.CreateTags(ctx, &ec2.CreateTagsInput{Resources: []string{inst.ID}, Tags: tagList(tags)}); err != nil {
+		p.log.Warn("storing host keys on the instance", "instance", inst.ID, "err", err)
+	}
 }
 
 // GetInstance returns the instance with the given ID.

@@ -233,6 +233,19 @@ func TestHostKeysFromConsole(t *testing.T) {
 	if m := len(f.callsOf("GetConsoleOutput")); m != n {
 		t.Errorf("console read again (%d -> %d)", n, m)
 	}
+	// Stored on the instance: another process finds them after the
+	// console has moved on (a reboot replaces its output).
+	if tags := f.instance(inst.ID).Tags; tags[tagHostKeyPrefix+"1"] != hk {
+		t.Errorf("host key not stored in the instance's tags: %v", tags)
+	}
+	f.mu.Lock()
+	f.console[inst.ID] = "rebooted; nothing about keys\n"
+	f.mu.Unlock()
+	p2 := newTestProvider(t, f)
+	got, err = p2.GetInstance(ctx, inst.ID)
+	if err != nil || len(got.SSH.HostKeys) != 1 || got.SSH.HostKeys[0].PublicKey != hk {
+		t.Errorf("a new provider's GetInstance host keys = %+v, %v", got.SSH.HostKeys, err)
+	}
 }
 
 func TestParseHostKeysLastBlock(t *testing.T) {

@@ -25,6 +25,9 @@ const (
 	tagBase        = "compute:base"   // on rules compute adds itself (the cluster's self rule)
 	tagRulePrefix  = "compute:rule:"  // + rule ID [+ ":N"]: the rule's definition (policy.Format)
 	tagLabelPrefix = "compute:label:" // + label key
+	// tagHostKeyPrefix + "1", "2", ...: the SSH host keys read from the
+	// console, on the instance.
+	tagHostKeyPrefix = "compute:host-key:"
 
 	kindCluster  = "cluster"
 	kindInstance = "instance"
