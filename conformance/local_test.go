@@ -1,0 +1,130 @@
+package conformance_test
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"net/netip"
+	"os"
+	"strings"
+	"testing"
+
+	"github.com/compute-sdk/compute"
+	"github.com/compute-sdk/compute/conformance"
+	"github.com/compute-sdk/compute/provider/local"
+)
+
+// skipOrFail skips with why, or fails when COMPUTE_REQUIRE_INTEGRATION=1
+// (CI), where a missing privilege must not pass silently.
+func skipOrFail(t *testing.T, why string) {
+	t.Helper()
+	if os.Getenv("COMPUTE_REQUIRE_INTEGRATION") == "1" {
+		t.Fatal(why)
+	}
+	t.Skip(why)
+}
+
+// newLocal opens a local provider with its own state root, name prefix and
+// address pool, so it never touches another test's objects.
+func newLocal(t *testing.T, prefix, pool string) *local.Provider {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		skipOrFail(t, "needs root: the local provider creates network namespaces, nftables rules and containers")
+	}
+	p, err := local.New(t.Context(), local.Config{
+		Root:   t.TempDir(),
+		Prefix: prefix,
+		Pool:   netip.MustParsePrefix(pool),
+		Logger: slog.New(slog.NewTextHandler(testLog{t}, &slog.HandlerOptions{Level: slog.LevelWarn})),
+	})
+	if errors.Is(err, compute.ErrPrecondition) {
+		skipOrFail(t, err.Error())
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { p.Close() })
+	return p
+}
+
+type testLog struct{ t *testing.T }
+
+func (w testLog) Write(b []byte) (int, error) {
+	w.t.Log(strings.TrimSpace(string(b)))
+	return len(b), nil
+}
+
+// TestLocal runs the whole suite against the local provider.
+func TestLocal(t *testing.T) {
+	p := newLocal(t, "cf", "10.231.0.0/16")
+	conformance.Run(t, p, conformance.Options{})
+}
+
+// dropRevokes lies: RevokeRule reports success and changes nothing.
+type dropRevokes struct{ *local.Provider }
+
+func (dropRevokes) RevokeRule(ctx context.Context, id string) error { return nil }
+
+// aliasClusters lies: instances asked for the second cluster created are
+// put in the first, and reported as members of the one asked for.
+type aliasClusters struct {
+	*local.Provider
+	clusters []string
+}
+
+func (a *aliasClusters) CreateCluster(ctx context.Context, spec compute.ClusterSpec) (*compute.Cluster, error) {
+	c, err := a.Provider.CreateCluster(ctx, spec)
+	if err == nil {
+		a.clusters = append(a.clusters, spec.Name)
+	}
+	return c, err
+}
+
+func (a *aliasClusters) CreateInstance(ctx context.Context, spec compute.InstanceSpec) (*compute.Instance, error) {
+	asked := spec.Cluster
+	if len(a.clusters) >= 2 && spec.Cluster == a.clusters[1] {
+		spec.Cluster = a.clusters[0]
+	}
+	inst, err := a.Provider.CreateInstance(ctx, spec)
+	if inst != nil {
+		inst.Cluster = asked
+	}
+	return inst, err
+}
+
+// TestBrokenProvider shows the suite catches what it claims: a provider
+// that lies about revokes fails rule/revoke, one that merges two clusters
+// fails cluster/isolation.
+func TestBrokenProvider(t *testing.T) {
+	p := newLocal(t, "cb", "10.230.0.0/16")
+	for _, tc := range []struct {
+		name   string
+		p      compute.Provider
+		check  string
+		reason string // a fragment the failure must name
+	}{
+		{"drop-revokes", dropRevokes{p}, conformance.CheckRuleRevoke, "after revoking"},
+		{"alias-clusters", &aliasClusters{Provider: p}, conformance.CheckClusterIsolation, "b1 → a1"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			rep, err := conformance.Check(t.Context(), tc.p, conformance.Options{
+				Only:   []string{tc.check},
+				Logger: slog.New(slog.NewTextHandler(testLog{t}, &slog.HandlerOptions{Level: slog.LevelInfo})),
+			})
+			if err != nil {
+				t.Fatalf("Check: %v", err)
+			}
+			res, ok := rep.Result(tc.check)
+			if !ok {
+				t.Fatalf("%s did not run: %+v", tc.check, rep.Results)
+			}
+			if res.Status != conformance.StatusFail || !strings.Contains(res.Reason, tc.reason) {
+				t.Fatalf("%s = %s (%s); want a failure naming %q", tc.check, res.Status, res.Reason, tc.reason)
+			}
+			t.Logf("%s failed as it must: %s", tc.check, res.Reason)
+			if len(rep.Results) != 1 {
+				t.Errorf("Only ran %d checks, want 1", len(rep.Results))
+			}
+		})
+	}
+}
