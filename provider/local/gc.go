@@ -182,6 +182,9 @@ func (p *Provider) Inventory(ctx context.Context) ([]string, error) {
 		return nil, err
 	}
 	for _, m := range mounts {
+		if m == filepath.Join(root, "instances") {
+			continue // the provider's shared-propagation mount (see ensureSharedMount)
+		}
 		out = append(out, "mount "+m)
 	}
 	loops, err := encfs.LoopsFor(root)

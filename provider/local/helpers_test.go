@@ -106,6 +106,12 @@ func newTestProvider(t testing.TB, mod ...func(*Config)) *Provider {
 		if left := instanceObjects(t, p); len(left) > 0 {
 			t.Errorf("cleanup: left behind: %v", left)
 		}
+		if err := p.Close(); err != nil {
+			t.Errorf("close: %v", err)
+		}
+		if m, _, _ := mountState(p.instancesDir()); m {
+			t.Errorf("close left %s mounted", p.instancesDir())
+		}
 	})
 	return p
 }
@@ -265,3 +271,5 @@ func sh(t testing.TB, name string, args ...string) string {
 }
 
 func errorsIsNotFound(err error) bool { return errors.Is(err, compute.ErrNotFound) }
+
+func stringsReplaceAll(s, old, new string) string { return strings.ReplaceAll(s, old, new) }

@@ -2,6 +2,7 @@ package local
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net/netip"
@@ -10,6 +11,8 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/compute-sdk/compute"
 	"github.com/compute-sdk/compute/provider/local/internal/cgroups"
@@ -98,14 +101,28 @@ func New(ctx context.Context, cfg Config) (*Provider, error) {
 	if err := n.EnsureRouter(ctx); err != nil {
 		return nil, fmt.Errorf("local: router: %w", err)
 	}
+	if err := ensureSharedMount(p.instancesDir()); err != nil {
+		return nil, err
+	}
 	return p, nil
 }
 
 // Name returns "local".
 func (p *Provider) Name() string { return "local" }
 
-// Close releases nothing: instances outlive the Provider value.
-func (p *Provider) Close() error { return nil }
+// Close releases the provider's own bind mount of its instances directory
+// when no instance is left (so the state root can be deleted); instances
+// outlive the Provider value, and with instances it does nothing.
+func (p *Provider) Close() error {
+	if ents, err := os.ReadDir(p.instancesDir()); err != nil || len(ents) > 0 {
+		return nil
+	}
+	// Not lazy: with anything mounted below it fails and the mount stays.
+	if err := unix.Unmount(p.instancesDir(), 0); err != nil && !errors.Is(err, unix.EINVAL) && !errors.Is(err, unix.EBUSY) {
+		return fmt.Errorf("local: %w", err)
+	}
+	return nil
+}
 
 // Config returns the effective configuration (defaults filled in).
 func (p *Provider) Config() Config { return p.cfg }
@@ -267,6 +284,61 @@ func Doctor(ctx context.Context, cfg Config) []Check {
 	_, err = os.Stat(cfg.MasterKeyFile)
 	add("master-key", err == nil, false, cfg.MasterKeyFile, "created on first use (mode 0600); supply your own 32-byte key there to control it")
 	return out
+}
+
+// ensureSharedMount makes dir a mount point with shared propagation.
+//
+// Every container's mount namespace starts as a copy of the host's, so it
+// holds copies of other instances' volume and overlay mounts, which would
+// keep their filesystems (and fscrypt keys) alive after the host unmounts
+// them. nspawn turns its namespace into a slave of the host's: when the
+// instance mounts live in a shared peer group, the host's unmounts
+// propagate into those copies and the filesystems really go away.
+func ensureSharedMount(dir string) error {
+	mounted, shared, err := mountState(dir)
+	if err != nil {
+		return err
+	}
+	if !mounted {
+		if err := unix.Mount(dir, dir, "", unix.MS_BIND, ""); err != nil {
+			return fmt.Errorf("local: bind mount %s: %w", dir, err)
+		}
+	}
+	if !shared {
+		if err := unix.Mount("", dir, "", unix.MS_SHARED, ""); err != nil {
+			return fmt.Errorf("local: make %s shared: %w", dir, err)
+		}
+	}
+	return nil
+}
+
+// mountState reports whether dir is a mount point and whether the
+// topmost mount there has shared propagation.
+func mountState(dir string) (mounted, shared bool, err error) {
+	real, err := filepath.EvalSymlinks(dir)
+	if err != nil {
+		return false, false, fmt.Errorf("local: %w", err)
+	}
+	b, err := os.ReadFile("/proc/self/mountinfo")
+	if err != nil {
+		return false, false, fmt.Errorf("local: %w", err)
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		f := strings.Fields(line)
+		if len(f) < 7 || unescapeMount(f[4]) != real {
+			continue
+		}
+		mounted, shared = true, false
+		for _, opt := range f[6:] {
+			if opt == "-" {
+				break
+			}
+			if strings.HasPrefix(opt, "shared:") {
+				shared = true
+			}
+		}
+	}
+	return mounted, shared, nil
 }
 
 func readInt(path string) (int, error) {
