@@ -549,3 +549,31 @@ func TestGCTypesVersion(t *testing.T) {
 		t.Errorf("version = %+v", v)
 	}
 }
+
+func TestQuiet(t *testing.T) {
+	e := newTestEnv(t)
+	r := e.run("cluster", "create", "tr", "-q")
+	if r.code != 0 || r.stdout != "tr\n" || r.stderr != "" {
+		t.Errorf("cluster create -q: %+v", r)
+	}
+	r = e.run("create", "web", "-q")
+	id := strings.TrimSpace(r.stdout)
+	if r.code != 0 || !strings.HasPrefix(id, "i-") || r.stderr != "" {
+		t.Errorf("create -q: %+v (the SSH note must be quiet too)", r)
+	}
+	if len(e.fake.Rules()) != 1 {
+		t.Errorf("create -q still adds the default SSH rule: rules %+v", e.fake.Rules())
+	}
+	r = e.run("firewall", "add", "web", "tcp:80 from 10.0.0.0/8", "-q")
+	if r.code != 0 || !strings.HasPrefix(r.stdout, "fw-") || strings.Count(r.stdout, "\n") != 1 {
+		t.Errorf("firewall add -q: %+v", r)
+	}
+	r = e.run("firewall", "list", "web", "-q")
+	if r.code != 0 || strings.Count(r.stdout, "fw-") != 2 || strings.Contains(r.stdout, "TARGET") {
+		t.Errorf("firewall list -q: %+v", r)
+	}
+	r = e.run("delete", "web", "-q")
+	if r.code != 0 || r.stdout != "" {
+		t.Errorf("delete -q: %+v", r)
+	}
+}

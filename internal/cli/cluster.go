@@ -86,7 +86,12 @@ func clusterCreateRun(ctx context.Context, opts *ClusterOptions) error {
 	if err != nil {
 		return err
 	}
-	return opts.Printer().Print(c, func(w io.Writer) { clusterTable(w, []*compute.Cluster{c}) })
+	pr := opts.Printer()
+	if opts.IO.quiet && !pr.Structured() {
+		_, err := fmt.Fprintln(opts.IO.Out, c.Name)
+		return err
+	}
+	return pr.Print(c, func(w io.Writer) { clusterTable(w, []*compute.Cluster{c}) })
 }
 
 // NewCmdClusterList builds `computectl cluster list`.

@@ -97,6 +97,21 @@ func ruleTable(w io.Writer, rules []RuleView) {
 	}
 }
 
+// printRules prints v (a rule or a list) in the selected format; with
+// --quiet, a table is just the rule IDs.
+func printRules(opts *FirewallOptions, v any, views []RuleView) error {
+	pr := opts.Printer()
+	if opts.IO.quiet && !pr.Structured() {
+		for _, r := range views {
+			if _, err := fmt.Fprintln(opts.IO.Out, r.ID); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+	return pr.Print(v, func(w io.Writer) { ruleTable(w, views) })
+}
+
 // NewCmdFirewallAdd builds `computectl firewall add`.
 func NewCmdFirewallAdd(f *Factory, runF func(*FirewallOptions) error) *cobra.Command {
 	opts := newFirewallOptions(f)
@@ -149,7 +164,7 @@ func firewallAddRun(ctx context.Context, opts *FirewallOptions) error {
 		return err
 	}
 	views := viewRules([]compute.FirewallRule{*r})
-	return opts.Printer().Print(views[0], func(w io.Writer) { ruleTable(w, views) })
+	return printRules(opts, views[0], views)
 }
 
 // NewCmdFirewallList builds `computectl firewall list`.
@@ -232,7 +247,7 @@ func firewallListRun(ctx context.Context, opts *FirewallOptions) error {
 		sort.SliceStable(all, func(i, j int) bool { return all[i].Target.String() < all[j].Target.String() })
 	}
 	views := viewRules(all)
-	return opts.Printer().Print(views, func(w io.Writer) { ruleTable(w, views) })
+	return printRules(opts, views, views)
 }
 
 // NewCmdFirewallRevoke builds `computectl firewall revoke`.
@@ -368,5 +383,5 @@ func firewallSetRun(ctx context.Context, opts *FirewallOptions) error {
 		rules = []compute.FirewallRule{}
 	}
 	views := viewRules(rules)
-	return opts.Printer().Print(views, func(w io.Writer) { ruleTable(w, views) })
+	return printRules(opts, views, views)
 }

@@ -76,7 +76,7 @@ Exit codes: 0 ok, 1 failure, 2 usage or invalid argument, 3 not found,
 	pf.StringVar(&f.providerFlag, "provider", "", "provider or profile to use (env COMPUTE_PROVIDER)")
 	pf.StringVar(&f.profileFlag, "profile", "", "config profile to use (env COMPUTE_PROFILE)")
 	pf.StringVarP(&f.outputFlag, "output", "o", "", "output format: table, json or yaml (env COMPUTE_OUTPUT)")
-	pf.BoolVarP(&f.quiet, "quiet", "q", false, "print only results (IDs for list/create), no notes or progress")
+	pf.BoolVarP(&f.quiet, "quiet", "q", false, "no notes or progress; tables shrink to IDs (list, create, firewall) or nothing (delete, revoke)")
 	pf.StringVar(&f.configFlag, "config", "", "config file (default $XDG_CONFIG_HOME/compute/config.yaml)")
 	_ = cmd.RegisterFlagCompletionFunc("output", cobra.FixedCompletions([]string{"table", "json", "yaml"}, cobra.ShellCompDirectiveNoFileComp))
 	cmd.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return &FlagError{Err: err} })
