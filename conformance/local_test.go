@@ -6,12 +6,14 @@ import (
 	"log/slog"
 	"net/netip"
 	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 
 	"github.com/compute-sdk/compute"
 	"github.com/compute-sdk/compute/conformance"
 	"github.com/compute-sdk/compute/provider/local"
+	"golang.org/x/sys/unix"
 )
 
 // skipOrFail skips with why, or fails when COMPUTE_REQUIRE_INTEGRATION=1
@@ -31,11 +33,14 @@ func newLocal(t *testing.T, prefix, pool string) *local.Provider {
 	if os.Geteuid() != 0 {
 		skipOrFail(t, "needs root: the local provider creates network namespaces, nftables rules and containers")
 	}
+	dir := t.TempDir()
+	root := filepath.Join(dir, "root")
 	p, err := local.New(t.Context(), local.Config{
-		Root:   t.TempDir(),
-		Prefix: prefix,
-		Pool:   netip.MustParsePrefix(pool),
-		Logger: slog.New(slog.NewTextHandler(testLog{t}, &slog.HandlerOptions{Level: slog.LevelWarn})),
+		Root:          root,
+		Prefix:        prefix,
+		Pool:          netip.MustParsePrefix(pool),
+		MasterKeyFile: filepath.Join(dir, "master.key"), // never the host's own key
+		Logger:        slog.New(slog.NewTextHandler(testLog{t}, &slog.HandlerOptions{Level: slog.LevelWarn})),
 	})
 	if errors.Is(err, compute.ErrPrecondition) {
 		skipOrFail(t, err.Error())
@@ -43,7 +48,14 @@ func newLocal(t *testing.T, prefix, pool string) *local.Provider {
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { p.Close() })
+	t.Cleanup(func() {
+		p.Close()
+		// The provider bind-mounts its instances directory (it outlives
+		// the Provider value); undo it so the temporary root can go.
+		if err := unix.Unmount(filepath.Join(root, "instances"), unix.MNT_DETACH); err != nil && !errors.Is(err, unix.EINVAL) && !errors.Is(err, unix.ENOENT) {
+			t.Errorf("unmount the provider's instances directory: %v", err)
+		}
+	})
 	return p
 }
 
