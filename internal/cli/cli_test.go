@@ -543,6 +543,19 @@ func TestGCTypesVersion(t *testing.T) {
 	if len(types) != 2 || !types[0].Default {
 		t.Errorf("types = %+v", types)
 	}
+	r := e.run("caller")
+	if r.code != 0 || r.stdout != callerPrefix.String()+"\n" {
+		t.Errorf("caller: %+v", r)
+	}
+	var ci CallerInfo
+	e.runJSON(&ci, "caller")
+	if len(ci.Prefixes) != 1 || ci.Prefixes[0] != callerPrefix {
+		t.Errorf("caller -o json: %+v", ci)
+	}
+	e.fake.Caller = nil
+	if r := e.run("caller"); r.code != ExitError {
+		t.Errorf("caller unknown: exit %d", r.code)
+	}
 	var v VersionInfo
 	e.runJSON(&v, "version")
 	if v.Version == "" || v.Go == "" || !slices.Contains(v.Providers, testProvider) {

@@ -448,3 +448,51 @@ func versionRun(opts *SimpleOptions) error {
 		fmt.Fprintf(w, "Providers:\t%s\n", strings.Join(v.Providers, ", "))
 	})
 }
+
+// CallerInfo is what `computectl caller` prints.
+type CallerInfo struct {
+	Provider string         `json:"provider"`
+	Prefixes []netip.Prefix `json:"prefixes"`
+}
+
+// NewCmdCaller builds `computectl caller`.
+func NewCmdCaller(f *Factory, runF func(*SimpleOptions) error) *cobra.Command {
+	opts := &SimpleOptions{IO: f.IOStreams, Provider: f.Provider, Printer: f.Printer}
+	return &cobra.Command{
+		Use:   "caller",
+		Short: "Print this host's address as instances see it",
+		Long: `Print the source addresses instances see for traffic from this host, comma
+separated, as the provider reports them: the sources of create's default SSH
+rule. Providers that cannot tell without asking an outside service (AWS)
+report nothing and this command fails; write the rule's source yourself.`,
+		Example: `  computectl caller
+  computectl firewall add cluster:train "tcp:22 from $(computectl caller)"`,
+		Args: usageArgs(cobra.NoArgs),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if runF != nil {
+				return runF(opts)
+			}
+			return callerRun(cmd.Context(), opts)
+		},
+	}
+}
+
+func callerRun(ctx context.Context, opts *SimpleOptions) error {
+	p, err := opts.Provider(ctx)
+	if err != nil {
+		return err
+	}
+	cp, ok := p.(compute.CallerPrefixer)
+	if !ok {
+		return fmt.Errorf("provider %s cannot tell this host's address: %w", p.Name(), compute.ErrUnsupported)
+	}
+	prefixes, err := cp.CallerPrefixes(ctx)
+	if err != nil {
+		return err
+	}
+	if len(prefixes) == 0 {
+		return fmt.Errorf("provider %s reported no address for this host: %w", p.Name(), compute.ErrUnsupported)
+	}
+	info := CallerInfo{Provider: p.Name(), Prefixes: prefixes}
+	return opts.Printer().Print(info, func(w io.Writer) { fmt.Fprintln(w, joinPrefixes(prefixes)) })
+}

@@ -109,6 +109,7 @@ Exit codes: 0 ok, 1 failure, 2 usage or invalid argument, 3 not found,
 		NewCmdGC(f, nil),
 		NewCmdVerify(f, nil),
 		NewCmdTypes(f, nil),
+		NewCmdCaller(f, nil),
 		NewCmdVersion(f, nil),
 	)
 	cmd.SetHelpCommandGroupID("host")
