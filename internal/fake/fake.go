@@ -1,5 +1,6 @@
 // Package fake is an in-memory compute.Provider for unit tests of code built
-// on the SDK (the CLI). It implements every optional interface, enforces the
+// on the SDK (the CLI). It implements every optional interface except
+// ProbeHoster (it has no network to attach a vantage point to), enforces the
 // same input and state rules as a real provider, and records every call so a
 // test can prove that bad input changed nothing. It enforces no network
 // policy, so it must never stand in for a real provider in the conformance
@@ -59,6 +60,7 @@ var (
 	_ compute.InstanceTypeLister = (*Provider)(nil)
 	_ compute.FeatureReporter    = (*Provider)(nil)
 	_ compute.CallerPrefixer     = (*Provider)(nil)
+	_ compute.Inventorier        = (*Provider)(nil)
 )
 
 // New returns an empty fake that reports name as its provider name.
@@ -566,4 +568,24 @@ func (p *Provider) String() string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "fake %s: %d instances, %d clusters, %d rules", p.name, len(p.instances), len(p.clusters), len(p.rules))
 	return b.String()
+}
+
+// Inventory lists the fake's objects: one entry per instance, cluster and
+// rule (it has no lower-level objects).
+func (p *Provider) Inventory(ctx context.Context) ([]string, error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.record("Inventory")
+	var out []string
+	for id := range p.instances {
+		out = append(out, "instance "+id)
+	}
+	for name := range p.clusters {
+		out = append(out, "cluster "+name)
+	}
+	for id := range p.rules {
+		out = append(out, "rule "+id)
+	}
+	sort.Strings(out)
+	return out, nil
 }
