@@ -626,7 +626,9 @@ func (p *Provider) TerminateInstance(ctx context.Context, id string) error {
 // a retry or GC can finish.
 func (p *Provider) destroy(ctx context.Context, rec *instanceRecord) error {
 	var errs []error
-	if err := p.stopProcess(ctx, rec); err != nil {
+	// The disk is about to be crypto-erased: a clean shutdown would only
+	// make terminate slower.
+	if err := p.stopProcess(ctx, rec, false); err != nil {
 		errs = append(errs, err)
 	}
 	if err := p.withLock(func() error {
@@ -666,9 +668,13 @@ func (p *Provider) destroy(ctx context.Context, rec *instanceRecord) error {
 
 // stopProcess stops the container and removes its cgroups and nspawn's
 // leftovers.
-func (p *Provider) stopProcess(ctx context.Context, rec *instanceRecord) error {
+func (p *Provider) stopProcess(ctx context.Context, rec *instanceRecord, graceful bool) error {
 	var errs []error
-	if err := rec.Proc.Stop(ctx, stopGrace); err != nil {
+	stop := rec.Proc.Kill
+	if graceful {
+		stop = func(ctx context.Context) error { return rec.Proc.Stop(ctx, stopGrace) }
+	}
+	if err := stop(ctx); err != nil {
 		errs = append(errs, err)
 	}
 	if err := removeCgroup(p.cgPrefix, rec.ID, rec.CgroupPaths); err != nil {
@@ -715,7 +721,18 @@ func (p *Provider) removeFiles(ctx context.Context, id string) error {
 	if err := p.unmountRoot(id); err != nil {
 		return err
 	}
-	if err := encfs.Destroy(ctx, p.diskImage(id), p.volDir(id)); err != nil {
+	// A container's mount namespace is torn down asynchronously after its
+	// last process exits; until then its copy of the overlay keeps the
+	// volume busy. Retry briefly.
+	var err error
+	for deadline := time.Now().Add(5 * time.Second); ; {
+		err = encfs.Destroy(ctx, p.diskImage(id), p.volDir(id))
+		if err == nil || !errors.Is(err, compute.ErrConflict) || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if err != nil {
 		return err
 	}
 	if err := os.RemoveAll(p.instDir(id)); err != nil {
@@ -746,7 +763,7 @@ func (p *Provider) StopInstance(ctx context.Context, id string) error {
 	if err != nil || rec == nil {
 		return err
 	}
-	if err := p.stopProcess(ctx, rec); err != nil {
+	if err := p.stopProcess(ctx, rec, true); err != nil {
 		return err
 	}
 	if err := p.closeDisk(ctx, rec); err != nil {
@@ -778,7 +795,15 @@ func (p *Provider) closeDisk(ctx context.Context, rec *instanceRecord) error {
 	if err != nil {
 		return err
 	}
-	return vol.Close(ctx)
+	// As in removeFiles: the dead container's namespace may hold the
+	// overlay for a moment.
+	for deadline := time.Now().Add(5 * time.Second); ; {
+		err = vol.Close(ctx)
+		if err == nil || !errors.Is(err, compute.ErrConflict) || time.Now().After(deadline) {
+			return err
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
 }
 
 // StartInstance boots a stopped instance from its kept disk.
@@ -803,7 +828,7 @@ func (p *Provider) StartInstance(ctx context.Context, id string) error {
 		return err
 	}
 	// A container that died on its own leaves its cgroups and run files.
-	if err := p.stopProcess(ctx, rec); err != nil {
+	if err := p.stopProcess(ctx, rec, false); err != nil {
 		return err
 	}
 	typ, err := instanceType(rec.Type)
