@@ -569,6 +569,9 @@ func TestQuiet(t *testing.T) {
 	if r.code != 0 || r.stdout != "tr\n" || r.stderr != "" {
 		t.Errorf("cluster create -q: %+v", r)
 	}
+	if r := e.run("cluster", "list", "-q"); r.stdout != "tr\n" {
+		t.Errorf("cluster list -q: %+v", r)
+	}
 	r = e.run("create", "web", "-q")
 	id := strings.TrimSpace(r.stdout)
 	if r.code != 0 || !strings.HasPrefix(id, "i-") || r.stderr != "" {

@@ -125,7 +125,14 @@ func clusterListRun(ctx context.Context, opts *ClusterOptions) error {
 	if list == nil {
 		list = []*compute.Cluster{}
 	}
-	return opts.Printer().Print(list, func(w io.Writer) { clusterTable(w, list) })
+	pr := opts.Printer()
+	if opts.IO.quiet && !pr.Structured() {
+		for _, c := range list {
+			fmt.Fprintln(opts.IO.Out, c.Name)
+		}
+		return nil
+	}
+	return pr.Print(list, func(w io.Writer) { clusterTable(w, list) })
 }
 
 func clusterTable(w io.Writer, list []*compute.Cluster) {
