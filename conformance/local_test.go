@@ -48,6 +48,14 @@ func newLocal(t *testing.T, prefix, pool string) *local.Provider {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// The root is new, so any kernel object with this prefix is a leftover
+	// of an earlier run that crashed or failed to clean up: sweep it so it
+	// cannot change what this run observes.
+	if rep, err := p.GC(t.Context()); err != nil {
+		t.Fatalf("GC before the run: %v", err)
+	} else if len(rep.Removed) > 0 {
+		t.Logf("GC removed leftovers of an earlier run: %v", rep.Removed)
+	}
 	t.Cleanup(func() {
 		p.Close()
 		// The provider bind-mounts its instances directory (it outlives

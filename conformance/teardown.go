@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"sort"
 	"strings"
 	"sync"
 	"time"
@@ -80,15 +81,24 @@ func (s *suite) teardown(ctx context.Context) {
 				n    probe.Net
 			}{"probe host", s.ph})
 		}
+		// Every probe at once: each silent one costs the full timeout.
+		var mu sync.Mutex
+		var wg sync.WaitGroup
 		for _, o := range olds {
 			for _, v := range vantages {
-				for _, r := range probe.All(ctx, v.n, o.ts, s.token, probeTimeout) {
-					if r.Open {
-						problems = append(problems, fmt.Sprintf("%s → old %s address %s: still answers", v.name, o.key, r.Target))
+				wg.Go(func() {
+					for _, r := range probe.All(ctx, v.n, o.ts, s.token, probeTimeout) {
+						if r.Open {
+							mu.Lock()
+							problems = append(problems, fmt.Sprintf("%s → old %s address %s: still answers", v.name, o.key, r.Target))
+							mu.Unlock()
+						}
 					}
-				}
+				})
 			}
 		}
+		wg.Wait()
+		sort.Strings(problems)
 		return failures(problems, "after terminate, the old addresses of %d instances answer nothing on tcp:22, tcp:%d or icmp", len(olds), s.port(portDeny))
 	})
 

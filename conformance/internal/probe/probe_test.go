@@ -2,6 +2,7 @@ package probe
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -9,10 +10,12 @@ import (
 	"net/netip"
 	"os"
 	"runtime"
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/google/nftables"
+	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 )
 
@@ -229,4 +232,64 @@ func TestDNAT(t *testing.T) {
 	if err := <-errc; err != nil {
 		t.Fatal(err)
 	}
+}
+
+// TestPingSocket checks the unprivileged ICMP path the probe prefers inside
+// hardened instances, where raw sockets are not allowed, in a network
+// namespace of its own whose ping_group_range admits us.
+func TestPingSocket(t *testing.T) {
+	if os.Geteuid() != 0 {
+		requireIntegration(t, "needs root to create a network namespace")
+	}
+	type outcome struct {
+		closed, open Result
+		err          error
+	}
+	done := make(chan outcome, 1)
+	go func() {
+		runtime.LockOSThread() // never unlocked: the thread dies with the namespace
+		if err := unix.Unshare(unix.CLONE_NEWNET); err != nil {
+			done <- outcome{err: err}
+			return
+		}
+		lo, err := netlink.LinkByName("lo")
+		if err == nil {
+			err = netlink.LinkSetUp(lo)
+		}
+		if err != nil {
+			done <- outcome{err: err}
+			return
+		}
+		target := Target{Proto: ICMP, Addr: netip.MustParseAddr("127.0.0.1")}
+		// A new namespace starts with ping_group_range "1 0": nobody.
+		var o outcome
+		o.closed = One(context.Background(), pingOnly{}, target, NewToken(), 500*time.Millisecond)
+		// /proc/sys/net follows the opening thread's namespace.
+		if err := os.WriteFile("/proc/sys/net/ipv4/ping_group_range", []byte("0 2147483647"), 0); err != nil {
+			done <- outcome{err: err}
+			return
+		}
+		o.open = One(context.Background(), pingOnly{}, target, NewToken(), time.Second)
+		done <- o
+	}()
+	o := <-done
+	if o.err != nil {
+		t.Fatal(o.err)
+	}
+	if o.closed.Err == "" || !strings.Contains(o.closed.Err, "ping_group_range") {
+		t.Errorf("ping socket without ping_group_range: %+v, want an error naming the sysctl", o.closed)
+	}
+	if !o.open.Open || !o.open.Verified {
+		t.Errorf("ping socket with ping_group_range: %+v", o.open)
+	}
+}
+
+// pingOnly is Local without raw sockets, like a hardened instance.
+type pingOnly struct{ Local }
+
+func (p pingOnly) ListenPacket(ctx context.Context, network, address string) (net.PacketConn, error) {
+	if network == "ip4:icmp" {
+		return nil, unix.EPERM
+	}
+	return p.Local.ListenPacket(ctx, network, address)
 }
