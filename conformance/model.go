@@ -192,8 +192,10 @@ func state(open bool) string {
 func (s *suite) verify(ctx context.Context, within time.Duration, exps ...expectation) []string {
 	deadline := time.Now().Add(within)
 	for {
-		problems := s.verifyOnce(ctx, exps)
-		if len(problems) == 0 || within <= 0 || time.Now().After(deadline) || ctx.Err() != nil {
+		problems, mismatches := s.verifyOnce(ctx, exps)
+		// Only a mismatch can go away by waiting; a probe that cannot run
+		// will not run later either.
+		if mismatches == 0 || within <= 0 || time.Now().After(deadline) || ctx.Err() != nil {
 			return problems
 		}
 		s.log.Debug("conformance: not converged yet", "problems", problems)
@@ -201,8 +203,7 @@ func (s *suite) verify(ctx context.Context, within time.Duration, exps ...expect
 	}
 }
 
-func (s *suite) verifyOnce(ctx context.Context, exps []expectation) []string {
-	var problems []string
+func (s *suite) verifyOnce(ctx context.Context, exps []expectation) (problems []string, mismatches int) {
 	predicted := make([]bool, len(exps))
 	for i, e := range exps {
 		predicted[i] = s.predict(e.from, e.to, e.proto, e.port)
@@ -267,11 +268,13 @@ func (s *suite) verifyOnce(ctx context.Context, exps []expectation) []string {
 				d = " (" + o.Detail + ")"
 			}
 			problems = append(problems, fmt.Sprintf("%s: observed %s%s, policy predicts %s", e, state(o.Open), d, state(predicted[i])))
+			mismatches++
 		case o.Open && !o.Verified:
 			problems = append(problems, fmt.Sprintf("%s: open, but the answer did not come from the suite's listener (%s)", e, o.Detail))
+			mismatches++
 		}
 	}
-	return problems
+	return problems, mismatches
 }
 
 // describeExps summarises what a passing batch covered.
