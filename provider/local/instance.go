@@ -371,10 +371,14 @@ func (p *Provider) attach(ctx context.Context, rec *instanceRecord, specs []comp
 			return fmt.Errorf("local: bridge: %w", err)
 		}
 	}
-	if _, err := p.net.AttachInstance(ctx, network.Attachment{
+	nsPath, err := p.net.AttachInstance(ctx, network.Attachment{
 		ID: hexID(rec.ID), Bridge: rec.Bridge, Addr: rec.Addr, MAC: macOf(rec.ID),
-	}); err != nil {
+	})
+	if err != nil {
 		return fmt.Errorf("local: network: %w", err)
+	}
+	if err := allowPing(nsPath, rec.UIDBase); err != nil {
+		return err
 	}
 	t := compute.InstanceTarget(rec.ID)
 	rules, err := policy.NewRules(t, specs)
@@ -385,6 +389,22 @@ func (p *Provider) attach(ctx context.Context, rec *instanceRecord, specs []comp
 		return err
 	}
 	return p.applyInstance(ctx, rec, rules)
+}
+
+// allowPing lets every group of the instance open ICMP echo ("ping")
+// sockets in its network namespace. Raw sockets need CAP_NET_RAW over the
+// namespace, which a user-namespaced root does not have, so without this
+// nothing inside could ping. The range is the instance's own host gids.
+func allowPing(nsPath string, base uint32) error {
+	return network.InNetNS(nsPath, func() error {
+		// /proc/sys/net follows the network namespace of the thread that
+		// opens it, which InNetNS has switched.
+		v := fmt.Sprintf("%d %d\n", base, base+uidRangeSize-1)
+		if err := os.WriteFile("/proc/sys/net/ipv4/ping_group_range", []byte(v), 0o644); err != nil {
+			return fmt.Errorf("local: ping_group_range: %w", err)
+		}
+		return nil
+	})
 }
 
 // mountRoot mounts the instance's root: an overlay whose lower layer is

@@ -333,3 +333,25 @@ func countInSparseFile(t *testing.T, path string, needle []byte) int {
 	}
 	return count
 }
+
+// TestPingInside: processes inside an instance can ping a cluster peer
+// (ping sockets; raw sockets need a capability they do not have).
+func TestPingInside(t *testing.T) {
+	p := newTestProvider(t)
+	ctx := context.Background()
+	key := newTestKey(t)
+	if _, err := p.CreateCluster(ctx, compute.ClusterSpec{Name: "pg"}); err != nil {
+		t.Fatal(err)
+	}
+	hostCIDR, _ := p.CallerPrefixes(ctx)
+	rules := []compute.RuleSpec{{Protocol: compute.ProtocolTCP, Ports: compute.Port(22), SourceCIDRs: hostCIDR}}
+	a := create(t, p, compute.InstanceSpec{Name: "pa", Cluster: "pg", SSHKeys: []string{key.auth}, Rules: rules})
+	b := create(t, p, compute.InstanceSpec{Name: "pb", Cluster: "pg", SSHKeys: []string{key.auth}})
+	c := mustSSH(t, a, key)
+	// perl-base has Socket: open SOCK_DGRAM/IPPROTO_ICMP and send an echo.
+	script := `use Socket; socket(S, PF_INET, SOCK_DGRAM, 1) or die "socket: $!"; $p = pack("CCnnn", 8, 0, 0, 0, 1) . "compute"; send(S, $p, 0, sockaddr_in(0, inet_aton("%s"))) or die "send: $!"; $r = ""; $rin = ""; vec($rin, fileno(S), 1) = 1; select($rin, undef, undef, 2) or die "timeout"; recv(S, $r, 100, 0); print unpack("C", $r)`
+	out, err := runErr(c, fmt.Sprintf("perl -e '%s'", fmt.Sprintf(script, b.Addresses[0])))
+	if err != nil || out != "0" {
+		t.Errorf("ping from inside a to b: %v %q (want echo reply type 0)", err, out)
+	}
+}
