@@ -8,6 +8,8 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"os/exec"
+	"strings"
 	"testing"
 	"time"
 
@@ -354,4 +356,59 @@ func TestPingInside(t *testing.T) {
 	if err != nil || out != "0" {
 		t.Errorf("ping from inside a to b: %v %q (want echo reply type 0)", err, out)
 	}
+}
+
+// TestDNATInsideStaysClosed: the Docker case. A port published by a DNAT
+// rule in the instance's namespace (added from the host side: root inside
+// has no CAP_NET_ADMIN to add it) is unreachable from outside, because the
+// router filters on the published port before the instance sees it; a
+// cluster peer (allowed everything) reaches it, proving the DNAT works.
+func TestDNATInsideStaysClosed(t *testing.T) {
+	if _, err := exec.LookPath("nft"); err != nil {
+		requireTool(t, "nft (apt-get install nftables)")
+	}
+	p := newTestProvider(t)
+	ctx := context.Background()
+	key := newTestKey(t)
+	if _, err := p.CreateCluster(ctx, compute.ClusterSpec{Name: "dn"}); err != nil {
+		t.Fatal(err)
+	}
+	hostCIDR, _ := p.CallerPrefixes(ctx)
+	rules := []compute.RuleSpec{{Protocol: compute.ProtocolTCP, Ports: compute.Port(22), SourceCIDRs: hostCIDR}}
+	a := create(t, p, compute.InstanceSpec{Name: "da", Cluster: "dn", SSHKeys: []string{key.auth}, Rules: rules})
+	b := create(t, p, compute.InstanceSpec{Name: "db", Cluster: "dn", SSHKeys: []string{key.auth}})
+	c := mustSSH(t, a, key)
+	startListener(t, c, "tcp9000", fmt.Sprintf(tcpEcho, 9000))
+	if out, err := runErr(c, "ip link set eth0 mtu 1400"); err == nil {
+		t.Errorf("root inside changed a link: %s", out)
+	}
+	ns := "/run/netns/" + testPrefix + "-i-" + hexID(a.ID)
+	ruleset := "table ip docker {\n chain pre {\n  type nat hook prerouting priority dstnat; policy accept;\n  tcp dport 8080 dnat to " + a.Addresses[0].String() + ":9000\n }\n}"
+	cmd := exec.Command("nsenter", "--net="+ns, "nft", "-f", "-")
+	cmd.Stdin = strings.NewReader(ruleset + "\n")
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("add DNAT: %v %s", err, out)
+	}
+	if !tcpReachable(nsDial(p, b.ID), a.Addresses[0], 8080) {
+		t.Fatal("control: the cluster peer does not reach the DNAT-published port")
+	}
+	if tcpReachable(hostDial, a.Addresses[0], 8080) {
+		t.Error("the DNAT-published port 8080 is reachable from the host without a rule")
+	}
+	probe, err := p.AttachProbeHost(ctx, "dn")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer probe.Close()
+	if tcpReachable(probe.DialContext, a.Addresses[0], 8080) {
+		t.Error("the DNAT-published port 8080 is reachable from a probe host without a rule")
+	}
+}
+
+func requireTool(t *testing.T, what string) {
+	t.Helper()
+	if os.Getenv("COMPUTE_REQUIRE_INTEGRATION") == "1" {
+		t.Fatalf("COMPUTE_REQUIRE_INTEGRATION=1: needs %s", what)
+	}
+	t.Skip("needs " + what)
 }
