@@ -366,6 +366,20 @@ func (p *Provider) freeUIDBase(recs []*instanceRecord) (uint32, error) {
 // attach runs under the lock: it creates the lone instance's bridge,
 // attaches the instance to its bridge and installs its initial rules.
 func (p *Provider) attach(ctx context.Context, rec *instanceRecord, specs []compute.RuleSpec) error {
+	t := compute.InstanceTarget(rec.ID)
+	rules, err := policy.NewRules(t, specs)
+	if err != nil {
+		return err
+	}
+	if err := p.st.setRules(t, rules); err != nil {
+		return err
+	}
+	return p.attachRules(ctx, rec, rules)
+}
+
+// attachRules attaches rec to its bridge (idempotent) and installs rules
+// (under the lock).
+func (p *Provider) attachRules(ctx context.Context, rec *instanceRecord, rules []compute.FirewallRule) error {
 	if rec.Cluster == "" {
 		if err := p.net.EnsureBridge(ctx, rec.Bridge, rec.Subnet); err != nil {
 			return fmt.Errorf("local: bridge: %w", err)
@@ -378,14 +392,6 @@ func (p *Provider) attach(ctx context.Context, rec *instanceRecord, specs []comp
 		return fmt.Errorf("local: network: %w", err)
 	}
 	if err := allowPing(nsPath, rec.UIDBase); err != nil {
-		return err
-	}
-	t := compute.InstanceTarget(rec.ID)
-	rules, err := policy.NewRules(t, specs)
-	if err != nil {
-		return err
-	}
-	if err := p.st.setRules(t, rules); err != nil {
 		return err
 	}
 	return p.applyInstance(ctx, rec, rules)
@@ -853,6 +859,17 @@ func (p *Provider) StartInstance(ctx context.Context, id string) error {
 	}
 	typ, err := instanceType(rec.Type)
 	if err != nil {
+		return err
+	}
+	// The network lives in /run: after a host reboot it is gone. Attaching
+	// is idempotent, so make sure it is there (rules included).
+	if err := p.withLock(func() error {
+		rules, err := p.st.rules(compute.InstanceTarget(rec.ID))
+		if err != nil {
+			return err
+		}
+		return p.attachRules(ctx, rec, rules)
+	}); err != nil {
 		return err
 	}
 	lower, _, err := image.Ensure(ctx, p.cfg.ImageDir, nil)

@@ -278,3 +278,37 @@ func TestHardening(t *testing.T) {
 		t.Errorf("after filling /dev/shm: %q %v", got, err)
 	}
 }
+
+// TestRestartAfterNetworkLoss: after the router namespace is gone (as after
+// a host reboot: it lives in /run), a new Provider restores cluster
+// bridges, and StartInstance re-attaches the instance with its rules.
+func TestRestartAfterNetworkLoss(t *testing.T) {
+	p := newTestProvider(t)
+	ctx := context.Background()
+	key := newTestKey(t)
+	if _, err := p.CreateCluster(ctx, compute.ClusterSpec{Name: "rb"}); err != nil {
+		t.Fatal(err)
+	}
+	hostCIDR, _ := p.CallerPrefixes(ctx)
+	inst := create(t, p, compute.InstanceSpec{Name: "rb1", Cluster: "rb", SSHKeys: []string{key.auth},
+		Rules: []compute.RuleSpec{{Protocol: compute.ProtocolTCP, Ports: compute.Port(22), SourceCIDRs: hostCIDR}}})
+	if err := p.StopInstance(ctx, inst.ID); err != nil {
+		t.Fatal(err)
+	}
+	if err := p.net.Teardown(ctx); err != nil {
+		t.Fatal(err)
+	}
+	p2, err := New(ctx, p.cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := p2.StartInstance(ctx, inst.ID); err != nil {
+		t.Fatal(err)
+	}
+	inst, err = compute.Wait(ctx, p2, inst.ID, compute.StatusRunning)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := mustSSH(t, inst, key)
+	run(t, c, "true")
+}

@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -104,7 +105,41 @@ func New(ctx context.Context, cfg Config) (*Provider, error) {
 	if err := ensureSharedMount(p.instancesDir()); err != nil {
 		return nil, err
 	}
+	if err := p.restoreBridges(ctx); err != nil {
+		return nil, err
+	}
 	return p, nil
+}
+
+// restoreBridges recreates cluster bridges (and their rules) that the
+// records name but the kernel lacks, as after a host reboot: the router
+// namespace lives in /run. It runs under the lock.
+func (p *Provider) restoreBridges(ctx context.Context) error {
+	clusters, err := p.st.clusters()
+	if err != nil || len(clusters) == 0 {
+		return err
+	}
+	have, err := p.net.Bridges(ctx)
+	if err != nil {
+		return err
+	}
+	for _, c := range clusters {
+		if slices.Contains(have, c.Bridge) {
+			continue
+		}
+		p.log.Info("restoring cluster bridge", "cluster", c.Name, "bridge", c.Bridge)
+		if err := p.net.EnsureBridge(ctx, c.Bridge, c.Subnet); err != nil {
+			return fmt.Errorf("local: restore bridge of cluster %s: %w", c.Name, err)
+		}
+		rules, err := p.st.rules(compute.ClusterTarget(c.Name))
+		if err != nil {
+			return err
+		}
+		if err := p.applyCluster(ctx, c, rules); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // Name returns "local".
