@@ -3,6 +3,7 @@ package conformance_test
 import (
 	"context"
 	"errors"
+	"io"
 	"log/slog"
 	"net/netip"
 	"os"
@@ -33,6 +34,7 @@ func newLocal(t *testing.T, prefix, pool string) *local.Provider {
 	if os.Geteuid() != 0 {
 		skipOrFail(t, "needs root: the local provider creates network namespaces, nftables rules and containers")
 	}
+	lockPrefix(t, prefix)
 	dir := t.TempDir()
 	root := filepath.Join(dir, "root")
 	p, err := local.New(t.Context(), local.Config{
@@ -67,6 +69,25 @@ func newLocal(t *testing.T, prefix, pool string) *local.Provider {
 	return p
 }
 
+// lockPrefix serialises test processes that use the same prefix and pool
+// (two `go test` runs of this package at once): they would share the router
+// namespace and addresses, and the GC below would sweep the other's
+// instances. The lock is released when the test ends.
+func lockPrefix(t *testing.T, prefix string) {
+	t.Helper()
+	f, err := os.OpenFile(filepath.Join(os.TempDir(), "compute-conformance-"+prefix+".lock"), os.O_RDWR|os.O_CREATE, 0o600)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
+		t.Logf("another test process uses prefix %q; waiting for it", prefix)
+		if err := unix.Flock(int(f.Fd()), unix.LOCK_EX); err != nil {
+			t.Fatal(err)
+		}
+	}
+	t.Cleanup(func() { f.Close() }) // closing releases the lock
+}
+
 type testLog struct{ t *testing.T }
 
 func (w testLog) Write(b []byte) (int, error) {
@@ -77,7 +98,51 @@ func (w testLog) Write(b []byte) (int, error) {
 // TestLocal runs the whole suite against the local provider.
 func TestLocal(t *testing.T) {
 	p := newLocal(t, "cf", "10.231.0.0/16")
-	conformance.Run(t, p, conformance.Options{})
+	var cp compute.Provider = p
+	if _, ok := cp.(conformance.RawDiskReader); !ok {
+		cp = rawDisk{p}
+	}
+	conformance.Run(t, cp, conformance.Options{})
+}
+
+// rawDisk exposes an instance's backing file to encryption/at-rest for a
+// local provider that does not implement conformance.RawDiskReader itself.
+// It relies on the provider's layout: <root>/instances/<id>/disk.img.
+type rawDisk struct{ *local.Provider }
+
+func (r rawDisk) ReadRawDisk(ctx context.Context, id string, fn func(io.Reader) error) error {
+	f, err := os.Open(filepath.Join(r.Config().Root, "instances", id, "disk.img"))
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	return fn(f)
+}
+
+// plaintextDisk lies: it passes off the instance's decrypted view of its
+// /var/tmp (the overlay the instance sees, <root>/instances/<id>/rootfs) as
+// its raw disk, as a provider without encryption would.
+type plaintextDisk struct{ *local.Provider }
+
+func (p plaintextDisk) ReadRawDisk(ctx context.Context, id string, fn func(io.Reader) error) error {
+	dir := filepath.Join(p.Config().Root, "instances", id, "rootfs", "var", "tmp")
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		return err
+	}
+	var rs []io.Reader
+	for _, e := range ents {
+		if !e.Type().IsRegular() {
+			continue
+		}
+		f, err := os.Open(filepath.Join(dir, e.Name()))
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		rs = append(rs, f)
+	}
+	return fn(io.MultiReader(rs...))
 }
 
 // dropRevokes lies: RevokeRule reports success and changes nothing.
@@ -114,7 +179,8 @@ func (a *aliasClusters) CreateInstance(ctx context.Context, spec compute.Instanc
 
 // TestBrokenProvider shows the suite catches what it claims: a provider
 // that lies about revokes fails rule/revoke, one that merges two clusters
-// fails cluster/isolation.
+// fails cluster/isolation, one whose disk holds plaintext fails
+// encryption/at-rest.
 func TestBrokenProvider(t *testing.T) {
 	p := newLocal(t, "cb", "10.230.0.0/16")
 	for _, tc := range []struct {
@@ -125,6 +191,7 @@ func TestBrokenProvider(t *testing.T) {
 	}{
 		{"drop-revokes", dropRevokes{p}, conformance.CheckRuleRevoke, "after revoking"},
 		{"alias-clusters", &aliasClusters{Provider: p}, conformance.CheckClusterIsolation, "b1 → a1"},
+		{"plaintext-disk", plaintextDisk{p}, conformance.CheckEncryptionAtRest, "in plaintext"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			rep, err := conformance.Check(t.Context(), tc.p, conformance.Options{
