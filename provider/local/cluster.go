@@ -34,7 +34,7 @@ func (p *Provider) CreateCluster(ctx context.Context, spec compute.ClusterSpec) 
 		if err != nil {
 			return err
 		}
-		br := p.bridgeName("cluster/" + spec.Name)
+		br := p.bridgeName(spec.Name)
 		for _, c := range clusters {
 			if c.Bridge == br {
 				return fmt.Errorf("local: bridge name %s of cluster %q collides with cluster %q: %w", br, spec.Name, c.Name, compute.ErrConflict)

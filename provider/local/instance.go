@@ -706,7 +706,11 @@ func (p *Provider) stopProcess(ctx context.Context, rec *instanceRecord, gracefu
 	if err := removeCgroup(p.cgPrefix, rec.ID, rec.CgroupPaths); err != nil {
 		errs = append(errs, err)
 	}
-	if err := nspawn.Cleanup(p.machine(rec.ID)); err != nil {
+	root := ""
+	if m, _ := encfs.Mounted(p.rootDir(rec.ID)); m {
+		root = p.rootDir(rec.ID)
+	}
+	if err := nspawn.Cleanup(p.machine(rec.ID), root); err != nil {
 		errs = append(errs, err)
 	}
 	return errors.Join(errs...)

@@ -224,13 +224,20 @@ func (p Process) wait(ctx context.Context, d time.Duration) bool {
 	return !p.Alive()
 }
 
-// Cleanup removes what nspawn leaves behind under /run after machine exits.
-func Cleanup(machine string) error {
+// Cleanup removes what nspawn leaves behind under /run after machine,
+// booted from the directory root, exits. Call it while root is still
+// mounted: nspawn names its image lock after root's device and inode.
+func Cleanup(machine, root string) error {
 	var errs []error
-	for _, p := range []string{
+	paths := []string{
 		filepath.Join("/run/systemd/nspawn/propagate", machine),
 		filepath.Join("/run/systemd/nspawn/unix-export", machine),
-	} {
+	}
+	var st unix.Stat_t
+	if root != "" && unix.Stat(root, &st) == nil {
+		paths = append(paths, fmt.Sprintf("/run/systemd/nspawn/locks/inode-%d:%d", st.Dev, st.Ino))
+	}
+	for _, p := range paths {
 		if err := os.RemoveAll(p); err != nil {
 			errs = append(errs, err)
 		}
