@@ -79,7 +79,8 @@ var (
 	errSimulatedCrash = errors.New("local: simulated crash")
 )
 
-func hook(stage, id string) error {
+func (p *Provider) hook(stage, id string, start time.Time) error {
+	p.log.Debug("create stage done", "instance", id, "stage", stage, "elapsed", time.Since(start))
 	if testHookCreate != nil {
 		return testHookCreate(stage, id)
 	}
@@ -105,6 +106,7 @@ func (p *Provider) CreateInstance(ctx context.Context, spec compute.InstanceSpec
 		return nil, fmt.Errorf("local: image: %w", err)
 	}
 
+	start := time.Now()
 	rec, existing, err := p.reserve(spec, typ)
 	if err != nil {
 		return nil, err
@@ -144,7 +146,7 @@ func (p *Provider) CreateInstance(ctx context.Context, spec compute.InstanceSpec
 	if err := p.withLock(func() error { return p.attach(ctx, rec, spec.Rules) }); err != nil {
 		return nil, err
 	}
-	if err := hook("network", rec.ID); err != nil {
+	if err := p.hook("network", rec.ID, start); err != nil {
 		return nil, err
 	}
 
@@ -164,7 +166,7 @@ func (p *Provider) CreateInstance(ctx context.Context, spec compute.InstanceSpec
 		return nil, fmt.Errorf("local: volume: %w", err)
 	}
 	clear(key)
-	if err := hook("volume", rec.ID); err != nil {
+	if err := p.hook("volume", rec.ID, start); err != nil {
 		return nil, err
 	}
 	if err := p.mountRoot(rec, lower, vol.DataDir()); err != nil {
@@ -179,7 +181,7 @@ func (p *Provider) CreateInstance(ctx context.Context, spec compute.InstanceSpec
 	if err := files.write(p.rootDir(rec.ID)); err != nil {
 		return nil, err
 	}
-	if err := hook("files", rec.ID); err != nil {
+	if err := p.hook("files", rec.ID, start); err != nil {
 		return nil, err
 	}
 	if err := p.launch(rec, typ); err != nil {
@@ -190,7 +192,7 @@ func (p *Provider) CreateInstance(ctx context.Context, spec compute.InstanceSpec
 	if err := p.withLock(func() error { return p.st.write("instances", rec.ID, rec) }); err != nil {
 		return nil, err
 	}
-	log.Debug("launched", "pid", rec.Proc.PID)
+	log.Debug("launched", "pid", rec.Proc.PID, "elapsed", time.Since(start))
 	return p.toInstance(ctx, rec), nil
 }
 
