@@ -95,28 +95,14 @@ func (w testLog) Write(b []byte) (int, error) {
 	return len(b), nil
 }
 
+// The local provider exposes its backing store, so encryption/at-rest
+// scans the raw bytes rather than only reading Features.
+var _ conformance.RawDiskReader = (*local.Provider)(nil)
+
 // TestLocal runs the whole suite against the local provider.
 func TestLocal(t *testing.T) {
 	p := newLocal(t, "cf", "10.231.0.0/16")
-	var cp compute.Provider = p
-	if _, ok := cp.(conformance.RawDiskReader); !ok {
-		cp = rawDisk{p}
-	}
-	conformance.Run(t, cp, conformance.Options{})
-}
-
-// rawDisk exposes an instance's backing file to encryption/at-rest for a
-// local provider that does not implement conformance.RawDiskReader itself.
-// It relies on the provider's layout: <root>/instances/<id>/disk.img.
-type rawDisk struct{ *local.Provider }
-
-func (r rawDisk) ReadRawDisk(ctx context.Context, id string, fn func(io.Reader) error) error {
-	f, err := os.Open(filepath.Join(r.Config().Root, "instances", id, "disk.img"))
-	if err != nil {
-		return err
-	}
-	defer f.Close()
-	return fn(f)
+	conformance.Run(t, p, conformance.Options{})
 }
 
 // plaintextDisk lies: it passes off the instance's decrypted view of its

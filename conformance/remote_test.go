@@ -11,6 +11,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/compute-sdk/compute"
 	"github.com/compute-sdk/compute/conformance/internal/probe"
@@ -147,12 +148,19 @@ func TestRemoteProbe(t *testing.T) {
 		}
 	}
 	l.Close()
-	// Closing the session ends the listener: the port closes.
-	if r := probe.One(t.Context(), probe.Local{}, targets[0], token, probeTimeout); r.Open {
-		// The process may need a moment to see EOF; retry once.
-		if r := probe.One(t.Context(), probe.Local{}, targets[0], token, probeTimeout); r.Open {
-			t.Errorf("listener still serving after its session closed: %+v", r)
+	// Closing the session ends the listener: the port closes once the
+	// process has seen EOF on its stdin.
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		r := probe.One(t.Context(), probe.Local{}, targets[0], token, probeTimeout)
+		if !r.Open {
+			break
 		}
+		if time.Now().After(deadline) {
+			t.Errorf("listener still serving 10s after its session closed: %+v", r)
+			break
+		}
+		time.Sleep(100 * time.Millisecond)
 	}
 
 	out, err := m.exec(t.Context(), "echo hi; echo err >&2; exit 3", nil)
