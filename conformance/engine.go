@@ -135,6 +135,9 @@ func run(ctx context.Context, p compute.Provider, opts Options, emit func(Result
 	ctx, cancel := context.WithTimeout(ctx, opts.Timeout)
 	defer cancel()
 	err := s.runAll(ctx)
+	if err == nil && ctx.Err() != nil {
+		err = fmt.Errorf("run interrupted: %w", context.Cause(ctx))
+	}
 	s.finish(err)
 
 	for _, n := range checkNames {

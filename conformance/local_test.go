@@ -8,6 +8,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 
@@ -200,4 +201,55 @@ func TestBrokenProvider(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestCancelledRunCleansUp cancels a run in the middle of its checks: the
+// run says it was interrupted and still removes everything it created.
+func TestCancelledRunCleansUp(t *testing.T) {
+	p := newLocal(t, "cb", "10.230.0.0/16")
+	before, err := p.Inventory(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(t.Context())
+	defer cancel()
+	rep, err := conformance.Check(ctx, p, conformance.Options{
+		Only: []string{"rule/"},
+		Progress: func(step string) {
+			if step == conformance.CheckRuleRevoke {
+				cancel()
+			}
+		},
+	})
+	if !errors.Is(err, context.Canceled) {
+		t.Errorf("Check after cancel: %v, want context.Canceled", err)
+	}
+	if r, _ := rep.Result(conformance.CheckRuleSet); r.Status != conformance.StatusFail || !strings.Contains(r.Reason, "not run") {
+		t.Errorf("a check after the cancel: %+v, want failed as not run", r)
+	}
+	insts, err := p.ListInstances(t.Context(), compute.ListOptions{})
+	if err != nil || len(insts) > 0 {
+		t.Errorf("instances left after a cancelled run: %v (%v)", insts, err)
+	}
+	clusters, err := p.ListClusters(t.Context())
+	if err != nil || len(clusters) > 0 {
+		t.Errorf("clusters left after a cancelled run: %v (%v)", clusters, err)
+	}
+	after, err := p.Inventory(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if extra := without(after, before); len(extra) > 0 {
+		t.Errorf("left behind after a cancelled run: %v", extra)
+	}
+}
+
+func without(a, b []string) []string {
+	var out []string
+	for _, x := range a {
+		if !slices.Contains(b, x) {
+			out = append(out, x)
+		}
+	}
+	return out
 }
