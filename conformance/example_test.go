@@ -1,0 +1,41 @@
+package conformance_test
+
+import (
+	"context"
+	"encoding/json"
+	"log"
+	"os"
+
+	"github.com/compute-sdk/compute"
+	"github.com/compute-sdk/compute/conformance"
+	_ "github.com/compute-sdk/compute/provider/local"
+)
+
+// Check runs the suite outside of `go test`, as computectl verify does, and
+// prints the report as a table and as JSON.
+func ExampleCheck() {
+	ctx := context.Background()
+	p, err := compute.Open(ctx, "local", nil)
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer p.Close()
+	rep, err := conformance.Check(ctx, p, conformance.Options{Only: []string{"deny/", "rule/"}})
+	if err != nil {
+		log.Fatal(err)
+	}
+	rep.WriteTable(os.Stdout)
+	json.NewEncoder(os.Stdout).Encode(rep)
+	if rep.Failed() {
+		os.Exit(1)
+	}
+}
+
+// A provider's own test runs the suite with Run; each check becomes a
+// subtest (TestConformance/rule/revoke, ...):
+//
+//	func TestConformance(t *testing.T) {
+//		p := newProvider(t)
+//		conformance.Run(t, p, conformance.Options{})
+//	}
+func ExampleRun() {}
