@@ -186,6 +186,13 @@ func Check(ctx context.Context, p compute.Provider, opts Options) (*Report, erro
 // t.Skip with its reason, except that with COMPUTE_REQUIRE_INTEGRATION=1
 // only skips the provider declares (an optional interface it lacks, a
 // feature that does not apply) stay skips; any other skip fails.
+//
+// A provider's test is one call:
+//
+//	func TestConformance(t *testing.T) {
+//		p := newProvider(t) // its own state, name prefix and address pool
+//		conformance.Run(t, p, conformance.Options{})
+//	}
 func Run(t *testing.T, p compute.Provider, opts Options) {
 	t.Helper()
 	if opts.Logger == nil {

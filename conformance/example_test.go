@@ -30,12 +30,3 @@ func ExampleCheck() {
 		os.Exit(1)
 	}
 }
-
-// A provider's own test runs the suite with Run; each check becomes a
-// subtest (TestConformance/rule/revoke, ...):
-//
-//	func TestConformance(t *testing.T) {
-//		p := newProvider(t)
-//		conformance.Run(t, p, conformance.Options{})
-//	}
-func ExampleRun() {}
