@@ -163,11 +163,9 @@ func abbreviate(s string, n int) string {
 
 func randHex(n int) string {
 	b := make([]byte, n)
-	cryptoRead(b)
+	crand.Read(b)
 	return hex.EncodeToString(b)
 }
-
-var cryptoRead = func(b []byte) { crand.Read(b) }
 
 func (s *suite) selected(name string) bool {
 	if len(s.opts.Only) == 0 {
