@@ -238,6 +238,11 @@ func (p *Provider) reserve(spec compute.InstanceSpec, typ compute.InstanceType) 
 	if err != nil {
 		return nil, false, err
 	}
+	for _, r := range recs {
+		if r.Name == spec.Name {
+			return nil, false, fmt.Errorf("instance name %q is used by %s (created with another RefID): %w", spec.Name, r.ID, compute.ErrConflict)
+		}
+	}
 	clusters, err := p.st.clusters()
 	if err != nil {
 		return nil, false, err

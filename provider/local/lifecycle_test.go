@@ -312,3 +312,47 @@ func TestRestartAfterNetworkLoss(t *testing.T) {
 	c := mustSSH(t, inst, key)
 	run(t, c, "true")
 }
+
+// TestNameConflict: a second instance may not take a live instance's name
+// under another RefID; the same RefID returns the existing instance.
+func TestNameConflict(t *testing.T) {
+	p := newTestProvider(t)
+	ctx := context.Background()
+	key := newTestKey(t)
+	a, err := p.CreateInstance(ctx, compute.InstanceSpec{Name: "dup", RefID: "r1", SSHKeys: []string{key.auth}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := p.CreateInstance(ctx, compute.InstanceSpec{Name: "dup", RefID: "r2", SSHKeys: []string{key.auth}}); !errors.Is(err, compute.ErrConflict) {
+		t.Errorf("same name, other RefID: %v", err)
+	}
+	b, err := p.CreateInstance(ctx, compute.InstanceSpec{Name: "dup", RefID: "r1", SSHKeys: []string{key.auth}})
+	if err != nil || b.ID != a.ID {
+		t.Errorf("same RefID: %v %v", b, err)
+	}
+	if _, err := p.CreateInstance(ctx, compute.InstanceSpec{Name: "x", Cluster: "nope", SSHKeys: []string{key.auth}}); !errors.Is(err, compute.ErrNotFound) {
+		t.Errorf("unknown cluster: %v", err)
+	}
+	if _, err := p.CreateInstance(ctx, compute.InstanceSpec{Name: "y", SSHKeys: []string{key.auth},
+		Rules: []compute.RuleSpec{{Protocol: compute.ProtocolTCP, Ports: compute.Port(1), SourceClusters: []string{"nope"}}}}); !errors.Is(err, compute.ErrNotFound) {
+		t.Errorf("unknown source cluster: %v", err)
+	}
+	if _, err := p.CreateInstance(ctx, compute.InstanceSpec{Name: "z", Type: "huge", SSHKeys: []string{key.auth}}); !errors.Is(err, compute.ErrInvalidArgument) {
+		t.Errorf("unknown type: %v", err)
+	}
+	if _, err := p.AddRule(ctx, compute.InstanceTarget("i-00000000"), compute.RuleSpec{Protocol: compute.ProtocolICMP, SourceCIDRs: nil}); !errors.Is(err, compute.ErrInvalidArgument) {
+		t.Errorf("rule without source: %v", err)
+	}
+	if err := p.TerminateInstance(ctx, "i-00000000"); !errors.Is(err, compute.ErrNotFound) {
+		t.Errorf("terminate unknown: %v", err)
+	}
+	if err := p.RevokeRule(ctx, "fw-0000"); !errors.Is(err, compute.ErrNotFound) {
+		t.Errorf("revoke unknown: %v", err)
+	}
+	if _, err := p.CreateCluster(ctx, compute.ClusterSpec{Name: "c1"}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := p.CreateCluster(ctx, compute.ClusterSpec{Name: "c1"}); !errors.Is(err, compute.ErrConflict) {
+		t.Errorf("duplicate cluster: %v", err)
+	}
+}
