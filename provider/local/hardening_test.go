@@ -52,6 +52,21 @@ func TestLimitsAndSpoofing(t *testing.T) {
 	}
 	exec.Command("ip", "-n", nsName, "addr", "del", fa.String()+"/24", "dev", "eth0").Run()
 
+	// MAC spoofing: the right address from the wrong MAC is dropped too.
+	sh(t, "ip", "-n", nsName, "link", "set", "eth0", "address", "02:00:00:00:00:99")
+	before, _ = p.net.SpoofDrops(ctx)
+	if dialFrom(p, i1.ID, i1.Addresses[0], i2.Addresses[0], 22) {
+		t.Error("a connection from a forged MAC got through")
+	}
+	if after, _ := p.net.SpoofDrops(ctx); after <= before {
+		t.Errorf("spoof drop counter %d -> %d for a forged MAC", before, after)
+	}
+	sh(t, "ip", "-n", nsName, "link", "set", "eth0", "address", macOf(i1.ID).String())
+	exec.Command("ip", "-n", nsName, "neigh", "flush", "all").Run()
+	if !dialFrom(p, i1.ID, i1.Addresses[0], i2.Addresses[0], 22) {
+		t.Error("l1 cannot reach l2:22 after its MAC was restored")
+	}
+
 	c := mustSSH(t, i1, key)
 	g := &cgroups.Group{Name: i1.ID, Paths: r1.CgroupPaths}
 	if cgroups.Features().CPUAcct && cgroups.Features().CPU {

@@ -238,6 +238,10 @@ func (p *Provider) AttachProbeHost(ctx context.Context, name string) (compute.Pr
 	return ph, nil
 }
 
+// ImageName is the name of the (only) image, the default of
+// InstanceSpec.Image.
+const ImageName = image.Name
+
 // BuildImage rebuilds the instance image in imageDir (default
 // DefaultImageDir), reporting each step to progress. Instances already
 // running keep the image they booted from.
