@@ -131,6 +131,26 @@ func (p *Provider) GC(ctx context.Context) (compute.GCReport, error) {
 			rep.Removed = append(rep.Removed, "directory "+p.instDir(e.Name()))
 		}
 	}
+	// Loop devices whose instance directory is already gone (a crash
+	// between attaching and mounting a volume).
+	if loops, err := encfs.LoopsFor(p.instancesDir()); err == nil {
+		for _, l := range loops {
+			b, err := os.ReadFile("/sys/block/" + filepath.Base(l) + "/loop/backing_file")
+			if err != nil {
+				continue
+			}
+			backing := strings.TrimSuffix(strings.TrimSpace(string(b)), " (deleted)")
+			id := filepath.Base(filepath.Dir(backing))
+			if _, ok := known[id]; ok || !instanceIDRE.MatchString(id) {
+				continue
+			}
+			if err := encfs.Destroy(ctx, backing, filepath.Join(filepath.Dir(backing), "vol")); err != nil {
+				errs = append(errs, err)
+			} else {
+				rep.Removed = append(rep.Removed, "loop "+l)
+			}
+		}
+	}
 	// Rule files of targets that are gone.
 	names, _ := p.st.names("rules")
 	for _, n := range names {
