@@ -83,6 +83,17 @@ func (f instanceFiles) write(root string) error {
 		files = append(files, file{"etc/systemd/logind.conf.d/10-compute.conf",
 			[]byte(fmt.Sprintf("[Login]\nRuntimeDirectorySize=%d\n", f.memBytes/8)), 0o644, 0, 0})
 	}
+	// Nobody logs in on the console (nspawn runs it read-only): no getty,
+	// one process and some boot time less per instance.
+	for _, u := range []string{"console-getty.service"} {
+		l := filepath.Join(root, "etc/systemd/system", u)
+		if err := os.Symlink("/dev/null", l); err != nil && !os.IsExist(err) {
+			return fmt.Errorf("local: mask %s: %w", u, err)
+		}
+		if err := os.Lchown(l, int(f.base), int(f.base)); err != nil {
+			return fmt.Errorf("local: %w", err)
+		}
+	}
 	for _, fl := range files {
 		p := filepath.Join(root, fl.path)
 		dir := filepath.Dir(p)
