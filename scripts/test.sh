@@ -23,17 +23,21 @@ echo "== go test"
 go test -p 1 -count=1 -timeout 40m ./... 2>&1 | tee /tmp/compute-go-test.log
 status=${PIPESTATUS[0]}
 if [ "$status" != 0 ]; then
-	echo "go test failed" >&2
+	echo "== summary (go test failed)"
+	grep -E '^(ok|FAIL|panic)' /tmp/compute-go-test.log || true
 	exit "$status"
 fi
 
 echo "== fuzz (${FUZZTIME:-30s} per target)"
-for pkg in $(go list ./...); do
-	for target in $(go test -list '^Fuzz' "$pkg" 2>/dev/null | grep '^Fuzz' || true); do
+# go test -fuzz takes one target per run: loop over every Fuzz function.
+for file in $(grep -rl --include='*_test.go' '^func Fuzz' .); do
+	pkg=./$(dirname "${file#./}")
+	for target in $(sed -n 's/^func \(Fuzz[A-Za-z0-9_]*\)(.*/\1/p' "$file"); do
 		echo "-- $pkg $target"
-		go test "$pkg" -run='^$' -fuzz="^${target}\$" -fuzztime="${FUZZTIME:-30s}"
+		go test "$pkg" -run='^$' -fuzz="^${target}\$" -fuzztime="${FUZZTIME:-30s}" 2>&1 | tee -a /tmp/compute-go-test.log
+		[ "${PIPESTATUS[0]}" = 0 ] || { echo "fuzz $target failed" >&2; exit 1; }
 	done
 done
 
 echo "== summary"
-grep -E '^(ok|FAIL|---|panic|\?)' /tmp/compute-go-test.log || true
+grep -E '^(ok|FAIL|panic|\?)' /tmp/compute-go-test.log || true
