@@ -11,6 +11,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/compute-sdk/compute"
 	"github.com/compute-sdk/compute/conformance"
@@ -60,7 +61,14 @@ func newLocal(t *testing.T, prefix, pool string) *local.Provider {
 		t.Logf("GC removed leftovers of an earlier run: %v", rep.Removed)
 	}
 	t.Cleanup(func() {
-		p.Close()
+		// Teardown removes the router, host link and cgroup directories
+		// the provider shares between instances (the suite made them);
+		// it refuses while any instance or cluster is left.
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		defer cancel()
+		if err := p.Teardown(ctx); err != nil {
+			t.Errorf("teardown: %v", err)
+		}
 		// The provider bind-mounts its instances directory (it outlives
 		// the Provider value); undo it so the temporary root can go.
 		if err := unix.Unmount(filepath.Join(root, "instances"), unix.MNT_DETACH); err != nil && !errors.Is(err, unix.EINVAL) && !errors.Is(err, unix.ENOENT) {

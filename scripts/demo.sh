@@ -19,6 +19,7 @@ cleanup() {
 	$ctl delete --quiet demo-a1 demo-a2 demo-b1 2>/dev/null || true
 	$ctl cluster delete demo-a 2>/dev/null || true
 	$ctl cluster delete demo-b 2>/dev/null || true
+	$ctl teardown 2>/dev/null || true
 	rm -rf "$work"
 }
 trap cleanup EXIT

@@ -224,6 +224,44 @@ func gcRun(ctx context.Context, opts *SimpleOptions) error {
 	})
 }
 
+// NewCmdTeardown builds `computectl teardown`.
+func NewCmdTeardown(f *Factory, runF func(*SimpleOptions) error) *cobra.Command {
+	opts := &SimpleOptions{IO: f.IOStreams, Provider: f.Provider, Printer: f.Printer}
+	return &cobra.Command{
+		Use:   "teardown",
+		Short: "Remove the provider's shared host objects once nothing uses them",
+		Long: `Remove what the provider shares between its instances on this host: for the
+local provider, the router network namespace, the host's veth, route and
+nftables table, and its cgroup directories. It refuses (exit 4) while any
+instance or cluster exists, so it never cuts an instance off. The next command
+that needs them sets them up again.`,
+		Example: "  computectl teardown",
+		Args:    usageArgs(cobra.NoArgs),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if runF != nil {
+				return runF(opts)
+			}
+			return teardownRun(cmd.Context(), opts)
+		},
+	}
+}
+
+func teardownRun(ctx context.Context, opts *SimpleOptions) error {
+	p, err := opts.Provider(ctx)
+	if err != nil {
+		return err
+	}
+	td, ok := p.(interface{ Teardown(context.Context) error })
+	if !ok {
+		return fmt.Errorf("provider %s has no shared host objects to tear down: %w", p.Name(), compute.ErrUnsupported)
+	}
+	if err := td.Teardown(ctx); err != nil {
+		return err
+	}
+	opts.IO.Notef("removed the %s provider's shared host objects", p.Name())
+	return nil
+}
+
 // NewCmdTypes builds `computectl types`.
 func NewCmdTypes(f *Factory, runF func(*SimpleOptions) error) *cobra.Command {
 	opts := &SimpleOptions{IO: f.IOStreams, Provider: f.Provider, Printer: f.Printer}

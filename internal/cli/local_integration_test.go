@@ -95,6 +95,13 @@ func TestLocalEndToEnd(t *testing.T) {
 		if gc, ok := p.(compute.GarbageCollector); ok {
 			gc.GC(ctx)
 		}
+		// Remove the router, host link and cgroup directories the
+		// provider shares between instances: the test made them.
+		if td, ok := p.(interface{ Teardown(context.Context) error }); ok {
+			if err := td.Teardown(ctx); err != nil {
+				t.Errorf("cleanup: teardown: %v", err)
+			}
+		}
 	})
 
 	run := func(args ...string) result {

@@ -18,6 +18,7 @@ import (
 	"golang.org/x/crypto/ssh"
 
 	"github.com/compute-sdk/compute"
+	"github.com/compute-sdk/compute/provider/local/internal/cgroups"
 	"github.com/compute-sdk/compute/provider/local/internal/network"
 )
 
@@ -35,6 +36,7 @@ func TestMain(m *testing.M) {
 		if n, err := network.New(network.Config{Prefix: testPrefix, Pool: testPool}); err == nil {
 			n.Teardown(context.Background())
 		}
+		cgroups.RemovePrefix("compute-" + testPrefix)
 	}
 	os.Exit(code)
 }

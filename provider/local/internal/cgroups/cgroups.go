@@ -712,3 +712,29 @@ func readKV(dir, file string) (map[string]int64, error) {
 	}
 	return kv, nil
 }
+
+// RemovePrefix removes the empty <prefix> directories that hold a
+// provider's groups, in every hierarchy. It fails with compute.ErrConflict
+// while any group remains under them, and is a no-op when there are none.
+func RemovePrefix(prefix string) error {
+	names, err := List(prefix)
+	if err != nil {
+		return err
+	}
+	if len(names) > 0 {
+		return fmt.Errorf("cgroups: %d groups remain under %s: %w", len(names), prefix, compute.ErrConflict)
+	}
+	h := host()
+	var errs []error
+	for _, hn := range hierarchies {
+		if _, ok := h.mounts[hn]; !ok || (hn == Memory && h.err != nil) {
+			continue
+		}
+		for _, b := range h.bases(hn, prefix) {
+			if err := rmdir(b); err != nil {
+				errs = append(errs, err)
+			}
+		}
+	}
+	return errors.Join(errs...)
+}
