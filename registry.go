@@ -65,4 +65,3 @@ func unregisterAll() {
 	defer registryMu.Unlock()
 	registry = map[string]OpenFunc{}
 }
-

@@ -120,7 +120,7 @@ type InstanceType struct {
 	VCPUs     int    `json:"vcpus"`
 	MemoryMiB int    `json:"memoryMiB"`
 	// MaxPIDs is the process limit, where the provider enforces one.
-	MaxPIDs int `json:"maxPids,omitempty"`
+	MaxPIDs int  `json:"maxPids,omitempty"`
 	Default bool `json:"default,omitempty"`
 }
 
