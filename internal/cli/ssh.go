@@ -207,6 +207,9 @@ func sshArgv(sshPath string, info compute.SSHInfo, knownHosts, identity string, 
 		"-o", "StrictHostKeyChecking=yes",
 		"-o", "UserKnownHostsFile=" + knownHosts,
 		"-o", "GlobalKnownHostsFile=/dev/null",
+		// KnownHostsCommand (OpenSSH >= 8.5) adds keys on top of the files:
+		// a user's ssh_config must not widen what we trust.
+		"-o", "KnownHostsCommand=none",
 		"-o", "UpdateHostKeys=no",
 		"-o", "CheckHostIP=no",
 		"-o", "VerifyHostKeyDNS=no",

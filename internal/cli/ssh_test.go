@@ -38,6 +38,7 @@ func TestSSHRunsOpenSSHWithStrictHostKeys(t *testing.T) {
 		"-o", "StrictHostKeyChecking=yes",
 		"-o", "UserKnownHostsFile=" + kh,
 		"-o", "GlobalKnownHostsFile=/dev/null",
+		"-o", "KnownHostsCommand=none",
 		"-o", "UpdateHostKeys=no",
 		"-o", "CheckHostIP=no",
 		"-o", "VerifyHostKeyDNS=no",

@@ -9,6 +9,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/google/nftables"
+	"github.com/google/nftables/expr"
 	"github.com/vishvananda/netlink"
 )
 
@@ -129,5 +131,75 @@ func TestEgressNAT(t *testing.T) {
 	}
 	if !reachable(fromNS(hostPath, nil), "tcp4", "198.51.100.1:9001", true) {
 		t.Fatal("host listener not answering locally; the test is broken")
+	}
+
+	// A container behind the host's own masquerade (Docker's shape:
+	// -s 172.30.0.0/24 ! -o ctr0 -j MASQUERADE) must not pass a rule
+	// that admits "the calling host": its connections would leave with
+	// the host's link address.
+	ctrPath := nsPath("ntx-ctr")
+	if _, err := createNetNS(ctrPath); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { deleteNetNS(ctrPath) })
+	ctr, err := openNS(ctrPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ctr.Close()
+	if err := h.nl.LinkAdd(&netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: "ctr0"}, PeerName: "eth0",
+		PeerNamespace: netlink.NsFd(int(ctr.ns))}); err != nil {
+		t.Fatal(err)
+	}
+	for _, s := range []struct {
+		h    *nsHandle
+		link string
+		addr string
+	}{{h, "ctr0", "172.30.0.1/24"}, {ctr, "eth0", "172.30.0.2/24"}, {ctr, "lo", ""}} {
+		l, err := s.h.nl.LinkByName(s.link)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if s.addr != "" {
+			if err := s.h.nl.AddrAdd(l, &netlink.Addr{IPNet: ipnet(netip.MustParsePrefix(s.addr))}); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if err := s.h.nl.LinkSetUp(l); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := ctr.nl.RouteAdd(&netlink.Route{Gw: net.ParseIP("172.30.0.1")}); err != nil {
+		t.Fatal(err)
+	}
+	hc, done, err := nftIn(hostPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer done()
+	dt := hc.AddTable(&nftables.Table{Family: nftables.TableFamilyIPv4, Name: "dockerlike"})
+	accept := nftables.ChainPolicyAccept
+	dpost := hc.AddChain(&nftables.Chain{Name: "post", Table: dt, Type: nftables.ChainTypeNAT,
+		Hooknum: nftables.ChainHookPostrouting, Priority: nftables.ChainPriorityNATSource, Policy: &accept})
+	hc.AddRule(&nftables.Rule{Table: dt, Chain: dpost, Exprs: exprs(
+		ipSaddr(1),
+		&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 4, Mask: net.CIDRMask(24, 32), Xor: make([]byte, 4)},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{172, 30, 0, 0}},
+		metaLoad(expr.MetaKeyOIFNAME, 1),
+		&expr.Cmp{Op: expr.CmpOpNeq, Register: 1, Data: ifname("ctr0")},
+		&expr.Masq{})})
+	if err := hc.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	serve(t, a1.ns, "0.0.0.0", 9002)
+	hostOnly := netip.PrefixFrom(n.HostAddr(), 32)
+	if err := n.SetInstanceRules(ctx, a1.id, a1.addr, []Allow{tcp(9002, hostOnly)}); err != nil {
+		t.Fatal(err)
+	}
+	if !reachable(fromNS(hostPath, nil), "tcp4", hp(a1.addr, 9002), true) {
+		t.Fatal("the host itself cannot use its rule; the test is broken")
+	}
+	if reachable(fromNS(ctrPath, nil), "tcp4", hp(a1.addr, 9002), false) {
+		t.Error("a container masqueraded by the host passed the rule for the host's own address")
 	}
 }

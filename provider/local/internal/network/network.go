@@ -16,8 +16,11 @@
 // rules is one atomic netlink batch whose cost does not depend on how many
 // rules other targets have. nft.go has the complete ruleset.
 //
-// Existing connections are not cut when a rule is removed (conntrack keeps
-// them, as cloud security groups do); new ones are refused at once.
+// A rule change also deletes the router's conntrack entries of the
+// target's inbound flows, so what it removed is closed at once, established
+// flows included (flows still allowed are picked up again as new). Detach
+// deletes every flow of the address, so a new instance that reuses it
+// inherits none.
 //
 // All methods need root (CAP_NET_ADMIN and CAP_SYS_ADMIN for namespaces).
 package network
@@ -944,7 +947,14 @@ func (n *Network) unbindPort(port, id string) error {
 	if err := flushEach(c, ops...); err != nil {
 		return fmt.Errorf("unbind %s: %w", port, err)
 	}
-	return nil
+	// The address may go to a new instance: it must inherit no flow, in
+	// either direction.
+	var errs []error
+	for _, a := range addrs {
+		host := netip.PrefixFrom(a, 32)
+		errs = append(errs, n.forget(netlink.ConntrackOrigDstIP, host), n.forget(netlink.ConntrackOrigSrcIP, host))
+	}
+	return errors.Join(errs...)
 }
 
 // Allow is one compiled ingress allowance. Exactly one of Source and
@@ -1098,7 +1108,15 @@ func (n *Network) setRules(tg target, allows []Allow) error {
 	if err := flushTarget(c, tg, queue); err != nil {
 		return fmt.Errorf("set rules of %s: %w", tg.chain, err)
 	}
-	return nil
+	// The new rules apply to new flows; forget the old ones so what a
+	// change removed is closed now, not when its flows end.
+	dst := netip.PrefixFrom(tg.addr, 32)
+	if tg.bridge != "" {
+		if dst, err = n.bridgeSubnet(tg.bridge); err != nil {
+			return err
+		}
+	}
+	return n.forgetFlows(dst)
 }
 
 // SpoofDrops returns how many frames the anti-spoofing table has dropped

@@ -304,6 +304,9 @@ func (n *Network) antiSpoofBase(c *nftables.Conn) error {
 	return nil
 }
 
+// ipsSrcNAT is IPS_SRC_NAT from linux/netfilter/nf_conntrack_common.h.
+const ipsSrcNAT = 1 << 4
+
 // hostBase queues the host-namespace table: the input guard and, with
 // EgressNAT, the masquerade chain. The table is recreated from scratch
 // (it holds no state worth keeping), atomically.
@@ -321,10 +324,30 @@ func (n *Network) hostBase(c *nftables.Conn, exists bool) {
 	c.AddRule(&nftables.Rule{Table: t, Chain: in, Exprs: exprs(fromRouter,
 		ctStateIn(expr.CtStateBitESTABLISHED|expr.CtStateBitRELATED), verdict(expr.VerdictAccept))})
 	c.AddRule(&nftables.Rule{Table: t, Chain: in, Exprs: exprs(fromRouter, verdict(expr.VerdictDrop))})
+	// The host end of the link is "the calling host" that the default SSH
+	// rule admits. A connection the host source-NATs towards the router
+	// (a Docker container behind its masquerade, another prefix's egress
+	// NAT) would leave with that very address and pass such a rule: drop
+	// new connections that leave towards the router source-NATed. This
+	// runs after the NAT chains (priority srcnat+1), when the NAT binding
+	// is known; replies to instances' own NATed egress are in the reply
+	// direction and pass.
+	post := c.AddChain(&nftables.Chain{Name: "snatguard", Table: t, Type: nftables.ChainTypeFilter,
+		Hooknum: nftables.ChainHookPostrouting, Priority: nftables.ChainPriorityRef(101), Policy: &accept})
+	c.AddRule(&nftables.Rule{Table: t, Chain: post, Exprs: exprs(
+		metaLoad(expr.MetaKeyOIFNAME, 1),
+		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: ifname(n.hostLink())},
+		&expr.Ct{Register: 1, Key: expr.CtKeyDIRECTION},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{0}}, // IP_CT_DIR_ORIGINAL
+		&expr.Ct{Register: 1, Key: expr.CtKeySTATUS},
+		&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 4,
+			Mask: binaryutil.NativeEndian.PutUint32(ipsSrcNAT), Xor: make([]byte, 4)},
+		&expr.Cmp{Op: expr.CmpOpNeq, Register: 1, Data: make([]byte, 4)},
+		verdict(expr.VerdictDrop))})
 	if !n.cfg.EgressNAT {
 		return
 	}
-	post := c.AddChain(&nftables.Chain{Name: "post", Table: t, Type: nftables.ChainTypeNAT,
+	post = c.AddChain(&nftables.Chain{Name: "post", Table: t, Type: nftables.ChainTypeNAT,
 		Hooknum: nftables.ChainHookPostrouting, Priority: nftables.ChainPriorityNATSource, Policy: &accept})
 	pool := n.cfg.Pool
 	mask := net.CIDRMask(pool.Bits(), 32)
